@@ -1,0 +1,62 @@
+# Spindle's build. `make demo` and `make test` are all a fresh machine needs.
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-unknown-unknown
+WASM_OUT := target/$(WASM_TARGET)/wasm
+FILTERS_DIR := target/filters
+COMPONENTIZE := target/debug/spindle-componentize
+# crate name -> output name
+FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
+	spindle-filter-retry:retry spindle-filter-breaker:breaker \
+	spindle-filter-testbed:testbed hello-filter:hello
+WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
+
+.PHONY: all setup build filters host demo test fmt-check clippy unit readme clean
+
+all: build
+
+# Installs what the build needs: the Wasm target of the pinned toolchain.
+setup:
+	@command -v rustup >/dev/null 2>&1 && { rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET); } || true
+
+$(COMPONENTIZE): setup FORCE
+	$(CARGO) build -q -p spindle-componentize
+
+# The standard filters (and the test and example filters) as components.
+filters: setup $(COMPONENTIZE)
+	$(CARGO) build -q --profile wasm --target $(WASM_TARGET) $(foreach f,$(FILTER_CRATES),-p $(firstword $(subst :, ,$(f))))
+	@mkdir -p $(FILTERS_DIR)
+	@set -e; for pair in $(FILTER_CRATES); do \
+		crate=$${pair%%:*}; name=$${pair##*:}; file=$$(echo $$crate | tr - _); \
+		$(COMPONENTIZE) $(WASM_OUT)/$$file.wasm -o $(FILTERS_DIR)/$$name.wasm; \
+	done
+	@echo "filters: $$(ls $(FILTERS_DIR) | tr '\n' ' ')"
+
+host: setup
+	$(CARGO) build --release -p spindle-host -p demo-upstream
+
+# The binary at target/release/spindle, the filters at target/filters/*.wasm.
+build: filters host
+
+demo: build
+	bash examples/quickstart/run.sh
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: setup
+	$(CARGO) clippy -q --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -q --target $(WASM_TARGET) $(foreach c,$(WASM_CRATES),-p $(c)) -- -D warnings
+
+# Unit tests, the filters' native tests, and the integration tests (which
+# start the real debug binary with the Wasm filters built above).
+unit: filters
+	$(CARGO) build -q -p spindle-host
+	$(CARGO) test -q --workspace
+
+test: fmt-check clippy unit
+
+clean:
+	$(CARGO) clean
+
+FORCE:

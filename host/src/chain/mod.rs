@@ -1,0 +1,514 @@
+//! One request through a listener's filter chain: request phase, endpoint
+//! pick, upstream attempts with the filters' retry decisions, response phase,
+//! done phase.
+
+mod context;
+mod local;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+
+pub(crate) use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
+use self::local::local;
+use crate::config::FailMode;
+use crate::runtime::{Chain, Proxy};
+use crate::upstream::{AttemptResult, Cluster, DownBody, Endpoint, InFlight, UpBody};
+use crate::wasm::{AttemptAction, AttemptError, AttemptOutcome, FilterError, Hooks, RequestAction, RequestSummary};
+
+/// Answers one downstream request. Never fails: every error becomes a
+/// local response.
+pub(crate) async fn handle(
+    proxy: &Arc<Proxy>,
+    listener: &str,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<DownBody> {
+    let start = Instant::now();
+    // One snapshot for the whole request: a hot swap during it does not
+    // change the filters it runs through.
+    let runtime = proxy.runtime.load_full();
+    let Some(chain) = runtime.chains.get(listener).cloned() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
+    };
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let mut ctx = Some(Box::new(RequestCtx::new(parts, client, request_id)));
+    let mut run = Run {
+        proxy,
+        chain: &chain,
+        ctx: &mut ctx,
+        attempts: 0,
+        endpoint: None,
+    };
+    let (status, resp) = run.respond(body).await;
+    let duration = start.elapsed();
+    chain.stats.record(status.as_u16(), duration.as_nanos() as u64);
+    run.done(status, duration);
+    resp
+}
+
+struct Run<'a> {
+    proxy: &'a Arc<Proxy>,
+    chain: &'a Chain,
+    ctx: &'a mut Option<Box<RequestCtx>>,
+    attempts: u32,
+    endpoint: Option<u32>,
+}
+
+/// What the upstream phase produced.
+enum Outcome {
+    Upstream(Response<Incoming>),
+    Local(Response<DownBody>),
+}
+
+impl Run<'_> {
+    fn ctx(&mut self) -> &mut RequestCtx {
+        // The context is only out of this Option during a synchronous hook call.
+        self.ctx.as_mut().expect("request context is bound to this request between hook calls")
+    }
+
+    /// Applies a filter's fail mode: `Some(response)` when the request must stop.
+    fn filter_failed(&self, e: &FilterError, fail: FailMode) -> Option<Response<DownBody>> {
+        match fail {
+            FailMode::Open => None,
+            FailMode::Closed => {
+                let mut r = local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("filter `{}` failed ({})\n", e.filter, e.kind.label()),
+                );
+                if let Ok(v) = HeaderValue::from_str(&e.filter) {
+                    r.headers_mut().insert("x-spindle-filter", v);
+                }
+                Some(r)
+            }
+        }
+    }
+
+    async fn respond(&mut self, body: Incoming) -> (StatusCode, Response<DownBody>) {
+        let outcome = match self.request_phase() {
+            Some(resp) => Outcome::Local(resp),
+            None => self.upstream_phase(body).await,
+        };
+        let resp = self.response_phase(outcome);
+        (resp.status(), resp)
+    }
+
+    fn request_phase(&mut self) -> Option<Response<DownBody>> {
+        for f in self.chain.filters.iter().filter(|f| f.has(Hooks::REQUEST)) {
+            match f.on_request(self.ctx) {
+                Ok(RequestAction::Continue) => {}
+                Ok(RequestAction::Respond(reply)) => return Some(local::from_reply(reply)),
+                Err(e) => {
+                    if let Some(r) = self.filter_failed(&e, f.fail_mode()) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    async fn upstream_phase(&mut self, body: Incoming) -> Outcome {
+        let Some(cluster_name) = self.ctx().cluster.clone() else {
+            let path = self.ctx().head.uri.path().to_string();
+            return Outcome::Local(local(StatusCode::NOT_FOUND, &format!("no route for {path}\n")));
+        };
+        let Some(cluster) = self.proxy.upstreams.cluster(&cluster_name) else {
+            return Outcome::Local(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cluster `{cluster_name}` is not defined\n"),
+            ));
+        };
+        let limit = self.chain.retry_buffer_bytes;
+        let mut body = match buffer(body, limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                return Outcome::Local(local(StatusCode::BAD_REQUEST, &format!("cannot read request body: {e}\n")));
+            }
+        };
+        let settings = cluster.settings.load_full();
+        let mut previous = None;
+        loop {
+            self.attempts += 1;
+            let attempt = self.attempts;
+            let endpoint = match self.pick(&cluster, attempt, previous) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    return Outcome::Local(local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("no healthy endpoint in cluster `{cluster_name}`\n"),
+                    ));
+                }
+                Err(r) => return Outcome::Local(r),
+            };
+            self.endpoint = Some(endpoint.id);
+            let replayable = matches!(body, ReqBody::Replayable(_));
+            let Some(up_body) = body.take() else {
+                // A streamed body was already sent once: nothing to send again.
+                return Outcome::Local(local(StatusCode::BAD_GATEWAY, "request body cannot be replayed\n"));
+            };
+            let req = self.upstream_request(&endpoint, up_body);
+            let per_try = self
+                .ctx()
+                .per_try_timeout
+                .unwrap_or(Duration::from_millis(settings.timeout_ms));
+            let client = cluster.client();
+            let sent = Instant::now();
+            let result = {
+                let _guard = InFlight::new(endpoint.clone());
+                tokio::time::timeout(per_try, client.request(req)).await
+            };
+            let latency = sent.elapsed();
+            let (kind, resp) = match result {
+                Ok(Ok(resp)) => (AttemptResult::from_status(resp.status().as_u16()), Some(resp)),
+                Ok(Err(e)) => (classify(&e), None),
+                Err(_) => (AttemptResult::Timeout, None),
+            };
+            endpoint.record(kind, latency);
+            cluster.duration.observe_ns(latency.as_nanos() as u64);
+            if resp.is_none() {
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, attempt, ?kind, "attempt failed");
+            }
+            let outcome = AttemptOutcome {
+                cluster: cluster_name.clone(),
+                endpoint: endpoint.id,
+                attempt,
+                status: resp.as_ref().map(|r| r.status().as_u16()),
+                error: attempt_error(kind),
+                latency_ns: latency.as_nanos() as u64,
+                retryable_body: replayable,
+            };
+            let delay = match self.attempt_phase(&outcome) {
+                Ok(d) => d,
+                Err(r) => return Outcome::Local(r),
+            };
+            match (delay, resp) {
+                (Some(ms), _) if replayable => {
+                    cluster.retries.fetch_add(1, Ordering::Relaxed);
+                    previous = Some(endpoint.id);
+                    if ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                    }
+                }
+                (_, Some(resp)) => return Outcome::Upstream(resp),
+                (_, None) => return Outcome::Local(failure_response(kind, attempt, &cluster_name)),
+            }
+        }
+    }
+
+    /// Picks through the chain's balancer (or round robin when it has none).
+    fn pick(
+        &mut self,
+        cluster: &Cluster,
+        attempt: u32,
+        previous: Option<u32>,
+    ) -> Result<Option<Arc<Endpoint>>, Response<DownBody>> {
+        let healthy = cluster.healthy(self.proxy.upstreams.now_ms());
+        if healthy.endpoints.is_empty() {
+            return Ok(None);
+        }
+        if let Some(b) = &self.chain.balancer {
+            match b.pick(self.ctx, cluster, &healthy, attempt, previous) {
+                Ok(None) => return Ok(None),
+                Ok(Some(id)) => {
+                    if let Ok(i) = healthy.endpoints.binary_search_by_key(&id, |e| e.id) {
+                        return Ok(Some(healthy.endpoints[i].clone()));
+                    }
+                    tracing::warn!(filter = %b.name, id, "balancer picked an endpoint outside the healthy set; using round robin");
+                }
+                Err(e) => {
+                    if let Some(r) = self.filter_failed(&e, b.fail_mode()) {
+                        return Err(r);
+                    }
+                }
+            }
+        }
+        Ok(Some(cluster.round_robin(&healthy)))
+    }
+
+    /// Every filter with the attempt hook sees the outcome; the longest
+    /// requested delay wins when any asks for a retry.
+    fn attempt_phase(&mut self, outcome: &AttemptOutcome) -> Result<Option<u32>, Response<DownBody>> {
+        let mut delay: Option<u32> = None;
+        for f in self.chain.filters.iter().filter(|f| f.has(Hooks::ATTEMPT)) {
+            match f.on_attempt(self.ctx, outcome) {
+                Ok(AttemptAction::Done) => {}
+                Ok(AttemptAction::Retry(ms)) => delay = Some(delay.map_or(ms, |d| d.max(ms))),
+                Err(e) => {
+                    if let Some(r) = self.filter_failed(&e, f.fail_mode()) {
+                        return Err(r);
+                    }
+                }
+            }
+        }
+        Ok(delay)
+    }
+
+    fn upstream_request(&mut self, endpoint: &Endpoint, body: UpBody) -> Request<UpBody> {
+        let ctx = self.ctx();
+        let head = &ctx.head;
+        let mut uri = http::uri::Builder::new()
+            .scheme("http")
+            .authority(endpoint.authority.clone());
+        uri = uri.path_and_query(head.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let mut headers = head.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if !headers.contains_key(header::HOST)
+            && let Some(a) = head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, a);
+        }
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+        append_forwarded_for(&mut headers, ctx.client);
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri.build().unwrap_or_default();
+        *req.headers_mut() = headers;
+        req
+    }
+
+    fn response_phase(&mut self, outcome: Outcome) -> Response<DownBody> {
+        let (mut parts, body) = match outcome {
+            Outcome::Upstream(r) => {
+                let (mut p, b) = r.into_parts();
+                strip_hop_by_hop(&mut p.headers);
+                (p, DownBody::Upstream(b))
+            }
+            Outcome::Local(r) => r.into_parts(),
+        };
+        if !self.chain.has_response_hooks {
+            return Response::from_parts(parts, body);
+        }
+        self.ctx().response = Some(ResponseHead {
+            status: parts.status,
+            headers: std::mem::take(&mut parts.headers),
+        });
+        let mut failed = None;
+        for f in self.chain.filters.iter().rev().filter(|f| f.has(Hooks::RESPONSE)) {
+            if let Err(e) = f.on_response(self.ctx)
+                && let Some(r) = self.filter_failed(&e, f.fail_mode())
+            {
+                failed = Some(r);
+                break;
+            }
+        }
+        if let Some(r) = failed {
+            self.ctx().response = None;
+            return r;
+        }
+        let head = self.ctx().response.take();
+        if let Some(head) = head {
+            parts.status = head.status;
+            parts.headers = head.headers;
+        }
+        Response::from_parts(parts, body)
+    }
+
+    fn done(&mut self, status: StatusCode, duration: Duration) {
+        if !self.chain.has_done_hooks {
+            return;
+        }
+        let summary = RequestSummary {
+            status: status.as_u16(),
+            cluster: self.ctx.as_ref().and_then(|c| c.cluster.clone()),
+            endpoint: self.endpoint,
+            attempts: self.attempts,
+            duration_ns: duration.as_nanos() as u64,
+        };
+        for f in self.chain.filters.iter().rev().filter(|f| f.has(Hooks::DONE)) {
+            // The response is on its way: a failure here can only be counted.
+            let _ = f.on_done(self.ctx, &summary);
+        }
+    }
+}
+
+/// A request body, buffered when small enough to replay.
+enum ReqBody {
+    Replayable(Bytes),
+    Streaming(Option<UpBody>),
+}
+
+impl ReqBody {
+    fn take(&mut self) -> Option<UpBody> {
+        match self {
+            ReqBody::Replayable(b) => Some(UpBody::full(b.clone())),
+            ReqBody::Streaming(b) => b.take(),
+        }
+    }
+}
+
+/// Reads the body up to `limit` bytes; a larger one is streamed, not retried.
+async fn buffer(mut body: Incoming, limit: usize) -> Result<ReqBody, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(ReqBody::Replayable(Bytes::new()));
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(ReqBody::Streaming(Some(UpBody::Stream {
+            prefix: Default::default(),
+            rest: body,
+        })));
+    }
+    let mut chunks = std::collections::VecDeque::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            chunks.push_back(data);
+            if total > limit {
+                return Ok(ReqBody::Streaming(Some(UpBody::Stream { prefix: chunks, rest: body })));
+            }
+        }
+        // Trailers are dropped: they cannot be replayed either.
+    }
+    if chunks.len() == 1 {
+        return Ok(ReqBody::Replayable(chunks.pop_front().unwrap_or_default()));
+    }
+    let mut all = BytesMut::with_capacity(total);
+    for c in chunks {
+        all.extend_from_slice(&c);
+    }
+    Ok(ReqBody::Replayable(all.freeze()))
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> AttemptResult {
+    if e.is_connect() {
+        return AttemptResult::ConnectFailure;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return AttemptResult::Reset;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return AttemptResult::Reset;
+        }
+        source = s.source();
+    }
+    AttemptResult::Error
+}
+
+fn attempt_error(r: AttemptResult) -> Option<AttemptError> {
+    match r {
+        AttemptResult::ConnectFailure => Some(AttemptError::ConnectFailure),
+        AttemptResult::Reset => Some(AttemptError::Reset),
+        AttemptResult::Timeout => Some(AttemptError::Timeout),
+        AttemptResult::Error => Some(AttemptError::Other),
+        _ => None,
+    }
+}
+
+fn failure_response(kind: AttemptResult, attempts: u32, cluster: &str) -> Response<DownBody> {
+    let (status, what) = match kind {
+        AttemptResult::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out"),
+        AttemptResult::ConnectFailure => (StatusCode::BAD_GATEWAY, "could not connect"),
+        AttemptResult::Reset => (StatusCode::BAD_GATEWAY, "connection reset"),
+        _ => (StatusCode::BAD_GATEWAY, "failed"),
+    };
+    let s = if attempts == 1 { "" } else { "s" };
+    local(
+        status,
+        &format!("upstream {what} (cluster `{cluster}`, {attempts} attempt{s})\n"),
+    )
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        let addr: SocketAddr = "10.0.0.1:5".parse().unwrap();
+        append_forwarded_for(&mut h, addr);
+        append_forwarded_for(&mut h, "127.0.0.1:9".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    }
+
+    #[test]
+    fn failures_map_to_contract_statuses() {
+        assert_eq!(failure_response(AttemptResult::Timeout, 1, "a").status(), 504);
+        assert_eq!(failure_response(AttemptResult::ConnectFailure, 3, "a").status(), 502);
+        assert_eq!(failure_response(AttemptResult::Reset, 2, "a").status(), 502);
+    }
+}

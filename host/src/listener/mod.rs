@@ -1,0 +1,149 @@
+//! Downstream listeners: accept TCP, serve HTTP/1.1 and HTTP/2 (prior
+//! knowledge) with hyper, enforce header size, header read timeout, idle
+//! timeout and connection limits, and drain gracefully on shutdown.
+
+mod io;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use self::io::ActivityIo;
+use crate::config::ListenerConfig;
+use crate::runtime::Proxy;
+
+/// Open downstream connections of every listener, for draining.
+#[derive(Default)]
+pub(crate) struct Connections {
+    open: AtomicUsize,
+}
+
+impl Connections {
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+struct ConnGuard(Arc<Connections>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts until `shutdown` flips, then asks every connection to finish its
+/// in-flight requests and close.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    cfg: ListenerConfig,
+    proxy: Arc<Proxy>,
+    conns: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name: Arc<str> = Arc::from(cfg.name.as_str());
+    let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms.max(1));
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        conns.open.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnGuard(conns.clone());
+        let proxy = proxy.clone();
+        let name = name.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            serve_connection(stream, peer, name, proxy, builder, idle_timeout, shutdown).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    name: Arc<str>,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (io, activity) = ActivityIo::new(stream);
+    let active = Arc::new(AtomicUsize::new(0));
+    let svc_active = active.clone();
+    let svc = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let name = name.clone();
+        let active = svc_active.clone();
+        async move {
+            active.fetch_add(1, Ordering::AcqRel);
+            let resp = crate::chain::handle(&proxy, &name, req, peer).await;
+            active.fetch_sub(1, Ordering::AcqRel);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    let tick = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = ticker.tick(), if !closing => {
+                if active.load(Ordering::Acquire) == 0 && activity.idle_for() >= idle_timeout {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Spindle: a WebAssembly-programmable HTTP proxy.
+//!
+//! # Layout
+//! The modules follow one request:
+//! - [`listener`]: accept TCP, serve HTTP/1.1 and HTTP/2, limits, drain.
+//! - [`chain`]: the filter phases of one request, attempts and retries,
+//!   local responses.
+//! - [`upstream`]: clusters, endpoints and their stats, ejection, pooled
+//!   clients, request and response bodies.
+//!
+//! Beside them:
+//! - [`wasm`]: the engine, filter versions with their instance pools, the
+//!   host side of the ABI (`sdk/wit`), the shared store.
+//! - [`config`]: the TOML schema, `file:line` errors, validation.
+//! - [`runtime`]: the swappable snapshot of config + filters, reloads and
+//!   the file watcher that triggers them.
+//! - [`admin`]: `/ready`, `/metrics`, `/config`, `/clusters`.
+//! - [`telemetry`]: metrics registry and logging.
+
+mod admin;
+mod chain;
+mod config;
+mod listener;
+mod runtime;
+mod telemetry;
+mod upstream;
+mod wasm;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::runtime::Proxy;
+
+#[derive(Parser)]
+#[command(name = "spindle", version, about = "A WebAssembly-programmable HTTP proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level (overridden by RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM/SIGINT, then drain in-flight requests.
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Parse, validate, compile every filter and run its config check.
+    Check {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(&cli.log_level, matches!(cli.log_format, LogFormat::Json));
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("spindle: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(run(&config))
+        }
+    }
+}
+
+fn print_errors(errors: &[String]) {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&[e.to_string()]);
+            return ExitCode::from(2);
+        }
+    };
+    match runtime::check(config) {
+        Ok(n) => {
+            println!("{}: ok ({n} filters loaded and configured)", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&[e.to_string()]);
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let proxy = match tokio::task::block_in_place(|| Proxy::new(config)) {
+        Ok(p) => p,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = proxy.runtime.load_full();
+    let admin_addr = &runtime.config.admin.listen;
+    let admin = match tokio::net::TcpListener::bind(admin_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            print_errors(&[format!("admin: cannot listen on {admin_addr}: {e}")]);
+            return ExitCode::FAILURE;
+        }
+    };
+    announce(&format!("admin listening on {}", local_addr(&admin)));
+    tokio::spawn(admin::serve(admin, proxy.clone()));
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let conns = Arc::new(listener::Connections::default());
+    let mut accept_loops = Vec::new();
+    for l in &runtime.config.listeners {
+        let addr = l.listen.get_ref();
+        let socket = match tokio::net::TcpListener::bind(addr.as_str()).await {
+            Ok(s) => s,
+            Err(e) => {
+                print_errors(&[format!("listener `{}`: cannot listen on {addr}: {e}", l.name)]);
+                return ExitCode::FAILURE;
+            }
+        };
+        announce(&format!("listener {} listening on {}", l.name, local_addr(&socket)));
+        accept_loops.push(tokio::spawn(listener::serve(
+            socket,
+            l.clone(),
+            proxy.clone(),
+            conns.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    drop(runtime);
+    if let Err(e) = runtime::watch(proxy.clone()) {
+        tracing::warn!("hot swap disabled: cannot watch files: {e}");
+    }
+    let env = proxy.env.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            env.store.sweep();
+        }
+    });
+    proxy.ready.store(true, Ordering::Release);
+    tracing::info!(startup_ms = started.elapsed().as_millis() as u64, "ready");
+    announce("ready");
+
+    wait_for_signal().await;
+    let drain = Duration::from_millis(proxy.runtime.load().config.runtime.drain_timeout_ms);
+    tracing::info!(open_connections = conns.open(), "shutting down: draining in-flight requests");
+    proxy.ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    for a in accept_loops {
+        let _ = a.await;
+    }
+    let deadline = Instant::now() + drain;
+    while conns.open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if conns.open() > 0 {
+        tracing::warn!(open_connections = conns.open(), "drain timeout: closing the rest");
+    }
+    ExitCode::SUCCESS
+}
+
+/// The lines tests and scripts read from stdout to find ports.
+fn announce(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "spindle: {line}");
+    let _ = out.flush();
+}
+
+fn local_addr(l: &tokio::net::TcpListener) -> String {
+    l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,318 @@
+//! The running state: a [`Runtime`] snapshot (config, loaded filters, chains)
+//! swapped atomically on every successful reload, and the long-lived
+//! [`Proxy`] that owns it with everything that outlives a reload
+//! (clusters and their stats, metrics, the shared store, the engine).
+
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+pub(crate) use self::watch::watch;
+use crate::config::Config;
+use crate::telemetry::{ListenerStats, Metrics};
+use crate::upstream::Upstreams;
+use crate::wasm::{FilterModule, Hooks, HostEnv, LoadError, SharedStore, WasmEngine, sha256_hex};
+
+/// A listener's filters, in order, with what the request path needs to know
+/// about them precomputed.
+pub(crate) struct Chain {
+    pub(crate) filters: Vec<Arc<FilterModule>>,
+    /// The first filter that declares the pick hook.
+    pub(crate) balancer: Option<Arc<FilterModule>>,
+    pub(crate) has_response_hooks: bool,
+    pub(crate) has_done_hooks: bool,
+    pub(crate) retry_buffer_bytes: usize,
+    pub(crate) stats: Arc<ListenerStats>,
+}
+
+/// One consistent generation of config and filters.
+pub(crate) struct Runtime {
+    pub(crate) config: Arc<Config>,
+    pub(crate) filters: BTreeMap<String, Arc<FilterModule>>,
+    pub(crate) chains: HashMap<String, Arc<Chain>>,
+}
+
+/// Everything that lives as long as the process.
+pub(crate) struct Proxy {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) env: Arc<HostEnv>,
+    pub(crate) engine: WasmEngine,
+    pub(crate) ready: AtomicBool,
+    pub(crate) config_path: PathBuf,
+}
+
+impl Proxy {
+    /// Builds the proxy from a validated config, loading every filter.
+    /// Errors are one line per problem, each naming file, line or filter.
+    pub(crate) fn new(config: Config) -> Result<Arc<Proxy>, Vec<String>> {
+        let start = Instant::now();
+        let cache_dir = config
+            .runtime
+            .cache_dir
+            .as_ref()
+            .map(|d| config.resolve(d))
+            .or_else(crate::wasm::default_cache_dir);
+        let engine = WasmEngine::new(cache_dir).map_err(|e| vec![format!("{e:#}")])?;
+        let metrics = Arc::new(Metrics::default());
+        let upstreams = Arc::new(Upstreams::new(start));
+        metrics.add_collector(upstreams.clone());
+        let env = Arc::new(HostEnv {
+            store: SharedStore::default(),
+            upstreams: upstreams.clone(),
+            metrics: metrics.clone(),
+            start,
+        });
+        let config_path = config.path.clone();
+        let runtime = build(&engine, &env, &metrics, config, None)?;
+        apply_clusters(&upstreams, &runtime.config);
+        Ok(Arc::new(Proxy {
+            runtime: ArcSwap::from_pointee(runtime),
+            upstreams,
+            metrics,
+            env,
+            engine,
+            ready: AtomicBool::new(false),
+            config_path,
+        }))
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Re-reads the config file and every module; swaps in a new runtime if
+    /// anything changed and everything loads, else keeps the old one.
+    pub(crate) fn reload(&self) -> Result<bool, Vec<String>> {
+        let current = self.runtime.load_full();
+        let text = std::fs::read_to_string(&self.config_path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", self.config_path.display())])?;
+        let config_changed = text != current.config.text;
+        let config = if config_changed {
+            let parsed = Config::parse(&self.config_path, &text).and_then(|c| c.validate().map(|_| c));
+            match parsed {
+                Ok(c) => c,
+                Err(e) => {
+                    self.metrics.config_reload(false);
+                    return Err(vec![e.to_string()]);
+                }
+            }
+        } else {
+            (*current.config).clone()
+        };
+        if config_changed {
+            let listeners: Vec<_> = current.config.listeners.iter().map(|l| (&l.name, l.listen.get_ref())).collect();
+            let next: Vec<_> = config.listeners.iter().map(|l| (&l.name, l.listen.get_ref())).collect();
+            if listeners != next || current.config.admin.listen != config.admin.listen {
+                tracing::warn!("listener names and addresses are fixed at start; restart spindle to change them");
+            }
+        }
+        let runtime = match build(&self.engine, &self.env, &self.metrics, config, Some(&current)) {
+            Ok(r) => r,
+            Err(e) => {
+                if config_changed {
+                    self.metrics.config_reload(false);
+                }
+                return Err(e);
+            }
+        };
+        let changed = config_changed
+            || runtime.filters.iter().any(|(n, f)| {
+                current.filters.get(n).is_none_or(|old| !Arc::ptr_eq(old, f))
+            });
+        if !changed {
+            return Ok(false);
+        }
+        if config_changed {
+            apply_clusters(&self.upstreams, &runtime.config);
+            self.metrics.config_reload(true);
+        }
+        self.runtime.store(Arc::new(runtime));
+        Ok(true)
+    }
+}
+
+fn apply_clusters(upstreams: &Upstreams, config: &Config) {
+    let clusters: Vec<_> = config
+        .clusters
+        .iter()
+        .map(|(n, c)| (n.clone(), c.get_ref().clone()))
+        .collect();
+    upstreams.apply(&clusters);
+}
+
+/// Loads every filter of `config` (reusing unchanged versions from
+/// `previous`) and assembles the chains.
+fn build(
+    engine: &WasmEngine,
+    env: &Arc<HostEnv>,
+    metrics: &Metrics,
+    config: Config,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut filters = BTreeMap::new();
+    for (name, spanned) in &config.filters {
+        let spec = spanned.get_ref();
+        let path = config.resolve(&spec.module);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(format!("filter `{name}`: {}: cannot read: {e}", path.display()));
+                metrics.filter_reload(name, false);
+                continue;
+            }
+        };
+        let sha = sha256_hex(&bytes);
+        if let Some(old) = previous.and_then(|p| p.filters.get(name))
+            && old.sha256 == sha
+            && old.spec == *spec
+            && old.path == path
+        {
+            filters.insert(name.clone(), old.clone());
+            continue;
+        }
+        let json = Config::filter_config_json(spec);
+        match FilterModule::from_bytes(engine, env, name, spec, &json, path.clone(), &bytes) {
+            Ok(m) => {
+                tracing::info!(filter = %name, module = %path.display(), sha256 = %&sha[..12], "filter loaded");
+                metrics.filter_reload(name, true);
+                filters.insert(name.clone(), m);
+            }
+            Err(e) => {
+                metrics.filter_reload(name, false);
+                let msg = match &e {
+                    LoadError::Config { message } => {
+                        let line = spec
+                            .config
+                            .as_ref()
+                            .map(|c| config.line_of(c.span().start))
+                            .unwrap_or_else(|| config.line_of(spanned.span().start));
+                        format!(
+                            "{}:{line}: filter `{name}`: config: {}",
+                            config.path.display(),
+                            crate::config::improve_message(message)
+                        )
+                    }
+                    other => format!("filter `{name}`: {other}"),
+                };
+                errors.push(msg);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut chains = HashMap::new();
+    for l in &config.listeners {
+        let list: Vec<Arc<FilterModule>> = l
+            .filters
+            .iter()
+            .filter_map(|n| filters.get(n.get_ref()).cloned())
+            .collect();
+        let chain = Chain {
+            balancer: list.iter().find(|f| f.has(Hooks::PICK)).cloned(),
+            has_response_hooks: list.iter().any(|f| f.has(Hooks::RESPONSE)),
+            has_done_hooks: list.iter().any(|f| f.has(Hooks::DONE)),
+            retry_buffer_bytes: l.retry_buffer_bytes,
+            stats: metrics.listener(&l.name),
+            filters: list,
+        };
+        chains.insert(l.name.clone(), Arc::new(chain));
+    }
+    Ok(Runtime {
+        config: Arc::new(config),
+        filters,
+        chains,
+    })
+}
+
+/// `spindle check`: everything `run` does before binding sockets.
+pub(crate) fn check(config: Config) -> Result<usize, Vec<String>> {
+    let n = config.filters.len();
+    Proxy::new(config).map(|_| n)
+}
+
+/// `GET /config`.
+pub(crate) fn config_json(runtime: &Runtime) -> serde_json::Value {
+    let c = &runtime.config;
+    let filters: serde_json::Map<String, serde_json::Value> = runtime
+        .filters
+        .iter()
+        .map(|(name, f)| {
+            let loaded = f
+                .loaded_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            (
+                name.clone(),
+                serde_json::json!({
+                    "module": f.path.display().to_string(),
+                    "sha256": f.sha256,
+                    "loaded_at_unix_ms": loaded,
+                    "fail": f.spec.fail,
+                    "memory_limit_mb": f.spec.memory_limit_mb,
+                    "call_timeout_ms": f.spec.call_timeout_ms,
+                    "hooks": hook_names(f.hooks),
+                    "config": serde_json::from_str::<serde_json::Value>(&Config::filter_config_json(&f.spec)).unwrap_or_default(),
+                    "instances": f.instances.load(Ordering::Relaxed),
+                    "idle_instances": f.idle_instances(),
+                    "calls": f.calls.load(Ordering::Relaxed),
+                    "errors": f.errors.load(Ordering::Relaxed),
+                }),
+            )
+        })
+        .collect();
+    let listeners: Vec<_> = c
+        .listeners
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "name": l.name,
+                "listen": l.listen.get_ref(),
+                "filters": l.filters.iter().map(|f| f.get_ref().clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let clusters: serde_json::Map<String, serde_json::Value> = c
+        .clusters
+        .iter()
+        .map(|(n, cl)| {
+            let cl = cl.get_ref();
+            (
+                n.clone(),
+                serde_json::json!({
+                    "endpoints": cl.endpoints.iter().map(|e| serde_json::json!({"address": e.address(), "weight": e.weight()})).collect::<Vec<_>>(),
+                    "connect_timeout_ms": cl.connect_timeout_ms,
+                    "timeout_ms": cl.timeout_ms,
+                    "http2": cl.http2,
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "path": c.path.display().to_string(),
+        "admin": { "listen": c.admin.listen },
+        "listeners": listeners,
+        "filters": filters,
+        "clusters": clusters,
+    })
+}
+
+fn hook_names(h: Hooks) -> Vec<&'static str> {
+    let all = [
+        (Hooks::REQUEST, "request"),
+        (Hooks::PICK, "pick"),
+        (Hooks::ATTEMPT, "attempt"),
+        (Hooks::RESPONSE, "response"),
+        (Hooks::DONE, "done"),
+    ];
+    all.iter().filter(|(f, _)| h.contains(*f)).map(|(_, n)| *n).collect()
+}

@@ -1,0 +1,422 @@
+//! Host metrics and filter-defined metrics, rendered in the Prometheus text
+//! format.
+//!
+//! Hot-path counters are plain atomics owned by the thing they count
+//! (listener stats, endpoint stats) and collected at scrape time, so a
+//! request never takes a lock or allocates to count itself. Rare events
+//! (reloads, filter errors) and filter-defined series live in maps behind a
+//! mutex.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Latency buckets in seconds, shared by every duration histogram.
+pub(crate) const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A lock-free histogram over [`DURATION_BUCKETS`].
+#[derive(Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe_ns(&self, ns: u64) {
+        let secs = ns as f64 / 1e9;
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Per-listener request counters, indexed by status code.
+pub(crate) struct ListenerStats {
+    pub(crate) name: String,
+    codes: Box<[AtomicU64; 600]>,
+    pub(crate) duration: Histogram,
+}
+
+impl ListenerStats {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            codes: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            duration: Histogram::default(),
+        }
+    }
+
+    pub(crate) fn record(&self, status: u16, duration_ns: u64) {
+        if let Some(c) = self.codes.get(status as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration.observe_ns(duration_ns);
+    }
+}
+
+/// Something that renders its own series at scrape time.
+pub(crate) trait Collector: Send + Sync {
+    fn collect(&self, out: &mut String);
+}
+
+/// The host's metric registry.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    listeners: Mutex<Vec<Arc<ListenerStats>>>,
+    reloads: Mutex<BTreeMap<(String, &'static str), u64>>,
+    config_reloads: Mutex<BTreeMap<&'static str, u64>>,
+    filter_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    filters: Mutex<BTreeMap<String, Arc<FilterMetrics>>>,
+    collectors: Mutex<Vec<Arc<dyn Collector>>>,
+}
+
+impl Metrics {
+    /// Stats for a listener, created on first use and kept across reloads.
+    pub(crate) fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        let mut ls = lock(&self.listeners);
+        if let Some(l) = ls.iter().find(|l| l.name == name) {
+            return l.clone();
+        }
+        let l = Arc::new(ListenerStats::new(name));
+        ls.push(l.clone());
+        l
+    }
+
+    pub(crate) fn filter_reload(&self, filter: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        *lock(&self.reloads).entry((filter.to_string(), result)).or_default() += 1;
+    }
+
+    pub(crate) fn config_reload(&self, ok: bool) {
+        *lock(&self.config_reloads).entry(if ok { "ok" } else { "error" }).or_default() += 1;
+    }
+
+    pub(crate) fn filter_error(&self, filter: &str, kind: &'static str) {
+        *lock(&self.filter_errors).entry((filter.to_string(), kind)).or_default() += 1;
+    }
+
+    /// The metric families a filter defined; shared by all its versions so
+    /// that a reload keeps the counts.
+    pub(crate) fn filter(&self, name: &str) -> Arc<FilterMetrics> {
+        lock(&self.filters)
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(FilterMetrics::new(name)))
+            .clone()
+    }
+
+    pub(crate) fn add_collector(&self, c: Arc<dyn Collector>) {
+        lock(&self.collectors).push(c);
+    }
+
+    /// The whole registry in Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let listeners = lock(&self.listeners).clone();
+        out.push_str("# HELP spindle_requests_total Downstream requests answered, by listener and status code.\n");
+        out.push_str("# TYPE spindle_requests_total counter\n");
+        for l in &listeners {
+            for (code, c) in l.codes.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "spindle_requests_total{{listener=\"{}\",code=\"{code}\"}} {v}",
+                        escape(&l.name)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP spindle_request_duration_seconds Downstream request duration until the response head, by listener.\n");
+        out.push_str("# TYPE spindle_request_duration_seconds histogram\n");
+        for l in &listeners {
+            l.duration.render(
+                &mut out,
+                "spindle_request_duration_seconds",
+                &format!("listener=\"{}\"", escape(&l.name)),
+            );
+        }
+        out.push_str("# HELP spindle_filter_reloads_total Filter loads and reloads, by filter and result.\n");
+        out.push_str("# TYPE spindle_filter_reloads_total counter\n");
+        for ((f, r), v) in lock(&self.reloads).iter() {
+            let _ = writeln!(out, "spindle_filter_reloads_total{{filter=\"{}\",result=\"{r}\"}} {v}", escape(f));
+        }
+        out.push_str("# HELP spindle_config_reloads_total Config file reloads, by result.\n");
+        out.push_str("# TYPE spindle_config_reloads_total counter\n");
+        for (r, v) in lock(&self.config_reloads).iter() {
+            let _ = writeln!(out, "spindle_config_reloads_total{{result=\"{r}\"}} {v}");
+        }
+        out.push_str("# HELP spindle_filter_errors_total Filter failures (trap, deadline, memory, instantiate, bad_answer), by filter and kind.\n");
+        out.push_str("# TYPE spindle_filter_errors_total counter\n");
+        for ((f, k), v) in lock(&self.filter_errors).iter() {
+            let _ = writeln!(out, "spindle_filter_errors_total{{filter=\"{}\",kind=\"{k}\"}} {v}", escape(f));
+        }
+        for c in lock(&self.collectors).clone() {
+            c.collect(&mut out);
+        }
+        for f in lock(&self.filters).values() {
+            f.render(&mut out);
+        }
+        out
+    }
+}
+
+/// Kinds of filter-defined metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The metrics one filter defined.
+pub(crate) struct FilterMetrics {
+    filter: String,
+    families: Mutex<Vec<Arc<Family>>>,
+}
+
+/// Series cap per filter-defined metric, so that a filter cannot exhaust memory.
+pub(crate) const MAX_SERIES_PER_METRIC: usize = 1000;
+const MAX_METRICS_PER_FILTER: usize = 256;
+
+pub(crate) struct Family {
+    name: String,
+    help: String,
+    kind: Kind,
+    labels: Vec<String>,
+    series: Mutex<HashMap<Vec<String>, Value>>,
+}
+
+#[derive(Default)]
+struct Value {
+    value: f64,
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+/// Histogram buckets for filter-defined histograms (unitless).
+const FILTER_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0, 1000.0,
+];
+
+impl FilterMetrics {
+    fn new(filter: &str) -> Self {
+        Self {
+            filter: filter.to_string(),
+            families: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Defines (or finds) a metric; returns its id.
+    pub(crate) fn define(&self, kind: Kind, name: &str, help: &str, labels: &[String]) -> Result<u32, String> {
+        if !valid_name(name) {
+            return Err(format!("metric name `{name}` must match [a-zA-Z_][a-zA-Z0-9_]*"));
+        }
+        for l in labels {
+            if !valid_name(l) || l.starts_with("__") {
+                return Err(format!("label name `{l}` must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __"));
+            }
+        }
+        let full = format!("spindle_filter_{}_{}", sanitize(&self.filter), name);
+        let mut fams = lock(&self.families);
+        if let Some((i, f)) = fams.iter().enumerate().find(|(_, f)| f.name == full) {
+            if f.kind != kind || f.labels != labels {
+                return Err(format!("metric `{name}` is already defined with another kind or labels"));
+            }
+            return Ok(i as u32);
+        }
+        if fams.len() >= MAX_METRICS_PER_FILTER {
+            return Err(format!("a filter may define at most {MAX_METRICS_PER_FILTER} metrics"));
+        }
+        fams.push(Arc::new(Family {
+            name: full,
+            help: help.replace('\n', " "),
+            kind,
+            labels: labels.to_vec(),
+            series: Mutex::new(HashMap::new()),
+        }));
+        Ok((fams.len() - 1) as u32)
+    }
+
+    pub(crate) fn record(&self, id: u32, label_values: Vec<String>, value: f64) -> Result<(), String> {
+        let fam = lock(&self.families)
+            .get(id as usize)
+            .cloned()
+            .ok_or_else(|| format!("unknown metric id {id}"))?;
+        if label_values.len() != fam.labels.len() {
+            return Err(format!(
+                "metric `{}` takes {} label values, got {}",
+                fam.name,
+                fam.labels.len(),
+                label_values.len()
+            ));
+        }
+        if !value.is_finite() {
+            return Err("metric values must be finite".to_string());
+        }
+        if fam.kind == Kind::Counter && value < 0.0 {
+            return Err("counters only go up".to_string());
+        }
+        let mut series = lock(&fam.series);
+        let len = series.len();
+        let v = match series.get_mut(&label_values) {
+            Some(v) => v,
+            None if len >= MAX_SERIES_PER_METRIC => {
+                return Err(format!(
+                    "metric `{}` reached its cap of {MAX_SERIES_PER_METRIC} label sets",
+                    fam.name
+                ));
+            }
+            None => series.entry(label_values).or_default(),
+        };
+        match fam.kind {
+            Kind::Counter => v.value += value,
+            Kind::Gauge => v.value = value,
+            Kind::Histogram => {
+                if v.buckets.is_empty() {
+                    v.buckets = vec![0; FILTER_BUCKETS.len()];
+                }
+                if let Some(i) = FILTER_BUCKETS.iter().position(|b| value <= *b) {
+                    v.buckets[i] += 1;
+                }
+                v.count += 1;
+                v.value += value;
+            }
+        }
+        Ok(())
+    }
+
+    fn render(&self, out: &mut String) {
+        for fam in lock(&self.families).iter() {
+            let kind = match fam.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            let _ = writeln!(out, "# HELP {} {}", fam.name, fam.help);
+            let _ = writeln!(out, "# TYPE {} {kind}", fam.name);
+            let series = lock(&fam.series);
+            let mut keys: Vec<_> = series.keys().collect();
+            keys.sort();
+            for k in keys {
+                let v = &series[k];
+                let labels: Vec<String> = fam
+                    .labels
+                    .iter()
+                    .zip(k)
+                    .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
+                    .collect();
+                let labels = labels.join(",");
+                match fam.kind {
+                    Kind::Counter | Kind::Gauge => {
+                        let _ = writeln!(out, "{}{{{labels}}} {}", fam.name, v.value);
+                    }
+                    Kind::Histogram => {
+                        let sep = if labels.is_empty() { "" } else { "," };
+                        let mut cum = 0;
+                        for (i, b) in FILTER_BUCKETS.iter().enumerate() {
+                            cum += v.buckets.get(i).copied().unwrap_or(0);
+                            let _ = writeln!(out, "{}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}", fam.name);
+                        }
+                        let _ = writeln!(out, "{}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", fam.name, v.count);
+                        let _ = writeln!(out, "{}_sum{{{labels}}} {}", fam.name, v.value);
+                        let _ = writeln!(out, "{}_count{{{labels}}} {}", fam.name, v.count);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Filter names may hold `-`; metric names may not.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// Escapes a label value.
+pub(crate) fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Locks a mutex, recovering from poisoning (a panicking scrape must not
+/// take metrics down for good).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_metrics_define_record_render() {
+        let m = Metrics::default();
+        let f = m.filter("hello");
+        let id = f.define(Kind::Counter, "requests_total", "Requests.", &["method".into()]).unwrap();
+        assert_eq!(f.define(Kind::Counter, "requests_total", "x", &["method".into()]), Ok(id));
+        assert!(f.define(Kind::Gauge, "requests_total", "x", &[]).is_err());
+        assert!(f.define(Kind::Gauge, "bad-name", "x", &[]).is_err());
+        f.record(id, vec!["GET".into()], 2.0).unwrap();
+        f.record(id, vec!["GET".into()], 1.0).unwrap();
+        assert!(f.record(id, vec![], 1.0).is_err());
+        assert!(f.record(id, vec!["GET".into()], -1.0).is_err());
+        let h = f.define(Kind::Histogram, "size", "Sizes.", &[]).unwrap();
+        f.record(h, vec![], 0.7).unwrap();
+        let text = m.render();
+        assert!(text.contains("spindle_filter_hello_requests_total{method=\"GET\"} 3"), "{text}");
+        assert!(text.contains("spindle_filter_hello_size_bucket{le=\"1\"} 1"), "{text}");
+        assert!(text.contains("spindle_filter_hello_size_count{} 1"), "{text}");
+    }
+
+    #[test]
+    fn series_are_capped() {
+        let m = Metrics::default();
+        let f = m.filter("x");
+        let id = f.define(Kind::Gauge, "g", "", &["k".into()]).unwrap();
+        for i in 0..MAX_SERIES_PER_METRIC {
+            f.record(id, vec![i.to_string()], 1.0).unwrap();
+        }
+        assert!(f.record(id, vec!["one more".into()], 1.0).is_err());
+        f.record(id, vec!["0".into()], 5.0).unwrap();
+    }
+
+    #[test]
+    fn listener_counts() {
+        let m = Metrics::default();
+        let l = m.listener("edge");
+        l.record(200, 1_000_000);
+        l.record(503, 30_000_000);
+        m.filter_reload("router", true);
+        let text = m.render();
+        assert!(text.contains("spindle_requests_total{listener=\"edge\",code=\"503\"} 1"));
+        assert!(text.contains("spindle_request_duration_seconds_bucket{listener=\"edge\",le=\"0.001\"} 1"));
+        assert!(text.contains("spindle_request_duration_seconds_count{listener=\"edge\"} 2"));
+        assert!(text.contains("spindle_filter_reloads_total{filter=\"router\",result=\"ok\"} 1"));
+    }
+}

@@ -1,0 +1,19 @@
+//! Logs and metrics.
+
+mod metrics;
+
+pub(crate) use self::metrics::{Collector, FilterMetrics, Histogram, Kind, ListenerStats, Metrics, escape, lock};
+
+/// Sets up `tracing` for the process: `RUST_LOG` wins over `--log-level`.
+pub(crate) fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

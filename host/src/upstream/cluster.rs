@@ -1,0 +1,556 @@
+//! Clusters, their endpoints, host-kept endpoint stats and ejection.
+//!
+//! The balancer filter sees a cluster's *healthy set* (members not ejected)
+//! only when it changes: every change bumps the cluster's generation, and an
+//! instance whose view is older gets `endpoints-changed` before its next pick.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::body::UpBody;
+use crate::config::{ClusterConfig, EndpointSpec};
+use crate::telemetry::{Collector, Histogram, escape};
+
+/// How an attempt ended, as counted in `spindle_upstream_requests_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttemptResult {
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    Other1xx,
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Error,
+}
+
+impl AttemptResult {
+    const ALL: [AttemptResult; 9] = [
+        AttemptResult::Other1xx,
+        AttemptResult::Status2xx,
+        AttemptResult::Status3xx,
+        AttemptResult::Status4xx,
+        AttemptResult::Status5xx,
+        AttemptResult::ConnectFailure,
+        AttemptResult::Reset,
+        AttemptResult::Timeout,
+        AttemptResult::Error,
+    ];
+
+    pub(crate) fn from_status(s: u16) -> Self {
+        match s {
+            200..=299 => AttemptResult::Status2xx,
+            300..=399 => AttemptResult::Status3xx,
+            400..=499 => AttemptResult::Status4xx,
+            500..=599 => AttemptResult::Status5xx,
+            _ => AttemptResult::Other1xx,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            AttemptResult::Other1xx => "1xx",
+            AttemptResult::Status2xx => "2xx",
+            AttemptResult::Status3xx => "3xx",
+            AttemptResult::Status4xx => "4xx",
+            AttemptResult::Status5xx => "5xx",
+            AttemptResult::ConnectFailure => "connect_failure",
+            AttemptResult::Reset => "reset",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::Error => "error",
+        }
+    }
+
+    pub(crate) fn is_failure(self) -> bool {
+        !matches!(
+            self,
+            AttemptResult::Status2xx | AttemptResult::Status3xx | AttemptResult::Status4xx | AttemptResult::Other1xx
+        )
+    }
+}
+
+/// One member of a cluster, with the stats the host keeps for it.
+pub(crate) struct Endpoint {
+    pub(crate) id: u32,
+    pub(crate) cluster: Arc<str>,
+    pub(crate) address: String,
+    pub(crate) authority: http::uri::Authority,
+    pub(crate) weight: u32,
+    pub(crate) in_flight: AtomicU32,
+    /// EWMA of latency in ns (0: no sample yet).
+    pub(crate) ewma_ns: AtomicU64,
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) total: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    /// Host-monotonic ms until which the endpoint is ejected; 0 when not.
+    pub(crate) ejected_until_ms: AtomicU64,
+    pub(crate) ejections: AtomicU64,
+    results: [AtomicU64; 9],
+    removed: AtomicBool,
+}
+
+impl Endpoint {
+    pub(crate) fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Records an attempt's outcome in the endpoint's stats.
+    pub(crate) fn record(&self, result: AttemptResult, latency: Duration) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = AttemptResult::ALL.iter().position(|r| *r == result) {
+            self.results[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if result.is_failure() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        // EWMA with alpha = 0.3; races between threads lose a sample at worst.
+        let sample = latency.as_nanos().min(u64::MAX as u128) as u64;
+        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 7 + sample * 3) / 10 };
+        self.ewma_ns.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Increments an endpoint's in-flight count for as long as it lives.
+pub(crate) struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub(crate) fn new(e: Arc<Endpoint>) -> Self {
+        e.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(e)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The members of a cluster that may be picked, with the generation they belong to.
+pub(crate) struct Healthy {
+    pub(crate) generation: u64,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+}
+
+/// An upstream cluster.
+pub(crate) struct Cluster {
+    pub(crate) name: Arc<str>,
+    pub(crate) settings: ArcSwap<ClusterConfig>,
+    members: ArcSwap<Vec<Arc<Endpoint>>>,
+    healthy: ArcSwap<Healthy>,
+    generation: AtomicU64,
+    /// Earliest ejection expiry among members (u64::MAX: none).
+    next_expiry_ms: AtomicU64,
+    client: ArcSwap<Client<HttpConnector, UpBody>>,
+    pub(crate) retries: AtomicU64,
+    pub(crate) duration: Histogram,
+    membership: std::sync::Mutex<()>,
+    cursor: std::sync::atomic::AtomicUsize,
+}
+
+impl Cluster {
+    pub(crate) fn client(&self) -> Arc<Client<HttpConnector, UpBody>> {
+        self.client.load_full()
+    }
+
+    pub(crate) fn members(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.members.load_full()
+    }
+
+    /// The current healthy set, after un-ejecting members whose time is up.
+    pub(crate) fn healthy(&self, now_ms: u64) -> Arc<Healthy> {
+        if now_ms >= self.next_expiry_ms.load(Ordering::Relaxed) {
+            self.rebuild_healthy(now_ms);
+        }
+        self.healthy.load_full()
+    }
+
+    fn rebuild_healthy(&self, now_ms: u64) {
+        let _guard = self.membership.lock().unwrap_or_else(|e| e.into_inner());
+        let members = self.members.load();
+        let mut next = u64::MAX;
+        let mut endpoints = Vec::with_capacity(members.len());
+        for e in members.iter() {
+            let until = e.ejected_until_ms.load(Ordering::Relaxed);
+            if until > now_ms {
+                next = next.min(until);
+            } else {
+                if until != 0 {
+                    e.ejected_until_ms.store(0, Ordering::Relaxed);
+                    tracing::info!(cluster = %self.name, endpoint = %e.address, "endpoint back from ejection");
+                }
+                endpoints.push(e.clone());
+            }
+        }
+        endpoints.sort_by_key(|e| e.id);
+        let current = self.healthy.load();
+        let same = current.endpoints.len() == endpoints.len()
+            && current.endpoints.iter().zip(&endpoints).all(|(a, b)| a.id == b.id);
+        self.next_expiry_ms.store(next, Ordering::Relaxed);
+        if !same {
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            self.healthy.store(Arc::new(Healthy { generation, endpoints }));
+        }
+    }
+
+    /// The host's own choice when a chain has no balancer (or it failed open):
+    /// plain round robin over the healthy set.
+    pub(crate) fn round_robin(&self, healthy: &Healthy) -> Arc<Endpoint> {
+        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % healthy.endpoints.len().max(1);
+        healthy.endpoints[i].clone()
+    }
+
+    /// In-flight requests over every member.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.members.load().iter().map(|e| e.in_flight.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Every cluster and endpoint, with id lookup for the host API.
+pub(crate) struct Upstreams {
+    clusters: ArcSwap<HashMap<String, Arc<Cluster>>>,
+    by_id: RwLock<HashMap<u32, Arc<Endpoint>>>,
+    next_id: AtomicU32,
+    start: Instant,
+}
+
+impl Upstreams {
+    pub(crate) fn new(start: Instant) -> Self {
+        Self {
+            clusters: ArcSwap::from_pointee(HashMap::new()),
+            by_id: RwLock::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            start,
+        }
+    }
+
+    /// Host-monotonic milliseconds.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.clusters.load().get(name).cloned()
+    }
+
+    pub(crate) fn endpoint(&self, id: u32) -> Option<Arc<Endpoint>> {
+        self.by_id.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    /// Applies a config's clusters: new ones are created, changed ones
+    /// updated in place (members keep their stats), missing ones removed.
+    pub(crate) fn apply(&self, configs: &[(String, ClusterConfig)]) {
+        let old = self.clusters.load_full();
+        let mut next = HashMap::with_capacity(configs.len());
+        for (name, cfg) in configs {
+            let cluster = match old.get(name) {
+                Some(c) => {
+                    let prev = c.settings.load_full();
+                    if prev.connect_timeout_ms != cfg.connect_timeout_ms
+                        || prev.http2 != cfg.http2
+                        || prev.max_idle_per_endpoint != cfg.max_idle_per_endpoint
+                    {
+                        c.client.store(Arc::new(build_client(cfg)));
+                    }
+                    c.settings.store(Arc::new(cfg.clone()));
+                    c.clone()
+                }
+                None => Arc::new(Cluster {
+                    name: Arc::from(name.as_str()),
+                    settings: ArcSwap::from_pointee(cfg.clone()),
+                    members: ArcSwap::from_pointee(Vec::new()),
+                    healthy: ArcSwap::from_pointee(Healthy {
+                        generation: 0,
+                        endpoints: Vec::new(),
+                    }),
+                    generation: AtomicU64::new(0),
+                    next_expiry_ms: AtomicU64::new(u64::MAX),
+                    client: ArcSwap::from_pointee(build_client(cfg)),
+                    retries: AtomicU64::new(0),
+                    duration: Histogram::default(),
+                    membership: std::sync::Mutex::new(()),
+                    cursor: Default::default(),
+                }),
+            };
+            self.set_members(&cluster, &cfg.endpoints);
+            next.insert(name.clone(), cluster);
+        }
+        for (name, c) in old.iter() {
+            if !next.contains_key(name) {
+                self.set_members(c, &[]);
+            }
+        }
+        self.clusters.store(Arc::new(next));
+    }
+
+    /// Replaces a cluster's membership (static config today, discovery later).
+    pub(crate) fn set_members(&self, cluster: &Cluster, specs: &[EndpointSpec]) {
+        let old = cluster.members.load_full();
+        let mut members = Vec::with_capacity(specs.len());
+        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+        for spec in specs {
+            let reuse = old
+                .iter()
+                .find(|e| e.address == spec.address() && e.weight == spec.weight());
+            let e = match reuse {
+                Some(e) => e.clone(),
+                None => {
+                    let Ok(authority) = spec.address().parse::<http::uri::Authority>() else {
+                        tracing::warn!(cluster = %cluster.name, address = spec.address(), "skipping bad endpoint address");
+                        continue;
+                    };
+                    let e = Arc::new(Endpoint {
+                        id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                        cluster: cluster.name.clone(),
+                        address: spec.address().to_string(),
+                        authority,
+                        weight: spec.weight().max(1),
+                        in_flight: AtomicU32::new(0),
+                        ewma_ns: AtomicU64::new(0),
+                        consecutive_failures: AtomicU32::new(0),
+                        total: AtomicU64::new(0),
+                        failures: AtomicU64::new(0),
+                        ejected_until_ms: AtomicU64::new(0),
+                        ejections: AtomicU64::new(0),
+                        results: Default::default(),
+                        removed: AtomicBool::new(false),
+                    });
+                    by_id.insert(e.id, e.clone());
+                    e
+                }
+            };
+            members.push(e);
+        }
+        for e in old.iter() {
+            if !members.iter().any(|m| m.id == e.id) {
+                e.removed.store(true, Ordering::Relaxed);
+                by_id.remove(&e.id);
+            }
+        }
+        drop(by_id);
+        cluster.members.store(Arc::new(members));
+        cluster.rebuild_healthy(self.now_ms());
+    }
+
+    /// Ejects an endpoint for `ms`; false if it is unknown.
+    pub(crate) fn eject(&self, id: u32, ms: u32) -> bool {
+        let Some(e) = self.endpoint(id) else {
+            return false;
+        };
+        let Some(cluster) = self.cluster(&e.cluster) else {
+            return false;
+        };
+        let now = self.now_ms();
+        e.ejected_until_ms.store(now + u64::from(ms.max(1)), Ordering::Relaxed);
+        e.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(cluster = %cluster.name, endpoint = %e.address, ms, "endpoint ejected");
+        cluster.rebuild_healthy(now);
+        true
+    }
+
+    /// `GET /clusters`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let now = self.now_ms();
+        let clusters = self.clusters.load();
+        let mut names: Vec<_> = clusters.keys().collect();
+        names.sort();
+        let list: Vec<_> = names
+            .into_iter()
+            .map(|name| {
+                let c = &clusters[name];
+                let healthy = c.healthy(now);
+                let eps: Vec<_> = c
+                    .members()
+                    .iter()
+                    .map(|e| {
+                        let until = e.ejected_until_ms.load(Ordering::Relaxed);
+                        let ejected = until > now;
+                        serde_json::json!({
+                            "id": e.id,
+                            "address": e.address,
+                            "weight": e.weight,
+                            "health": if ejected { "ejected" } else { "healthy" },
+                            "ejected": ejected,
+                            "ejected_for_ms": if ejected { until - now } else { 0 },
+                            "ejections": e.ejections.load(Ordering::Relaxed),
+                            "in_flight": e.in_flight.load(Ordering::Relaxed),
+                            "ewma_latency_ms": e.ewma_ns.load(Ordering::Relaxed) as f64 / 1e6,
+                            "consecutive_failures": e.consecutive_failures.load(Ordering::Relaxed),
+                            "requests": e.total.load(Ordering::Relaxed),
+                            "failures": e.failures.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": name,
+                    "generation": healthy.generation,
+                    "healthy": healthy.endpoints.len(),
+                    "retries": c.retries.load(Ordering::Relaxed),
+                    "endpoints": eps,
+                })
+            })
+            .collect();
+        serde_json::json!({ "clusters": list })
+    }
+}
+
+fn build_client(cfg: &ClusterConfig) -> Client<HttpConnector, UpBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
+        .http2_only(cfg.http2)
+        .set_host(false)
+        .build(connector)
+}
+
+impl Collector for Upstreams {
+    fn collect(&self, out: &mut String) {
+        let now = self.now_ms();
+        let clusters = self.clusters.load();
+        let mut names: Vec<_> = clusters.keys().collect();
+        names.sort();
+        out.push_str("# HELP spindle_upstream_requests_total Upstream attempts, by cluster, endpoint and result.\n");
+        out.push_str("# TYPE spindle_upstream_requests_total counter\n");
+        for n in &names {
+            for e in clusters[*n].members().iter() {
+                for (i, r) in AttemptResult::ALL.iter().enumerate() {
+                    let v = e.results[i].load(Ordering::Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "spindle_upstream_requests_total{{cluster=\"{}\",endpoint=\"{}\",result=\"{}\"}} {v}",
+                            escape(n),
+                            escape(&e.address),
+                            r.label()
+                        );
+                    }
+                }
+            }
+        }
+        out.push_str("# HELP spindle_endpoint_ejected 1 while the endpoint is ejected from its cluster.\n");
+        out.push_str("# TYPE spindle_endpoint_ejected gauge\n");
+        for n in &names {
+            for e in clusters[*n].members().iter() {
+                let _ = writeln!(
+                    out,
+                    "spindle_endpoint_ejected{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                    escape(n),
+                    escape(&e.address),
+                    u8::from(e.is_ejected(now))
+                );
+            }
+        }
+        out.push_str("# HELP spindle_endpoint_ejections_total Times the endpoint was ejected.\n");
+        out.push_str("# TYPE spindle_endpoint_ejections_total counter\n");
+        for n in &names {
+            for e in clusters[*n].members().iter() {
+                let _ = writeln!(
+                    out,
+                    "spindle_endpoint_ejections_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                    escape(n),
+                    escape(&e.address),
+                    e.ejections.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP spindle_upstream_in_flight Requests in flight to the endpoint.\n");
+        out.push_str("# TYPE spindle_upstream_in_flight gauge\n");
+        for n in &names {
+            for e in clusters[*n].members().iter() {
+                let _ = writeln!(
+                    out,
+                    "spindle_upstream_in_flight{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                    escape(n),
+                    escape(&e.address),
+                    e.in_flight.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP spindle_upstream_retries_total Retries decided by filters, by cluster.\n");
+        out.push_str("# TYPE spindle_upstream_retries_total counter\n");
+        for n in &names {
+            let _ = writeln!(
+                out,
+                "spindle_upstream_retries_total{{cluster=\"{}\"}} {}",
+                escape(n),
+                clusters[*n].retries.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP spindle_upstream_request_duration_seconds Upstream attempt duration until the response head, by cluster.\n");
+        out.push_str("# TYPE spindle_upstream_request_duration_seconds histogram\n");
+        for n in &names {
+            clusters[*n].duration.render(
+                out,
+                "spindle_upstream_request_duration_seconds",
+                &format!("cluster=\"{}\"", escape(n)),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(endpoints: &[&str]) -> ClusterConfig {
+        let text = format!(
+            "endpoints = [{}]",
+            endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(",")
+        );
+        toml::from_str(&text).expect("cluster config")
+    }
+
+    #[tokio::test]
+    async fn ejection_bumps_generation_and_expires() {
+        let u = Upstreams::new(Instant::now());
+        u.apply(&[("api".into(), cfg(&["127.0.0.1:1", "127.0.0.1:2"]))]);
+        let c = u.cluster("api").unwrap();
+        let h = c.healthy(u.now_ms());
+        assert_eq!(h.endpoints.len(), 2);
+        let g = h.generation;
+        let id = h.endpoints[0].id;
+        assert!(u.eject(id, 50));
+        let h2 = c.healthy(u.now_ms());
+        assert_eq!(h2.endpoints.len(), 1);
+        assert!(h2.generation > g);
+        assert!(!u.eject(9999, 50));
+        std::thread::sleep(Duration::from_millis(80));
+        let h3 = c.healthy(u.now_ms());
+        assert_eq!(h3.endpoints.len(), 2);
+        assert!(h3.generation > h2.generation);
+    }
+
+    #[tokio::test]
+    async fn reapply_keeps_stats_of_unchanged_members() {
+        let u = Upstreams::new(Instant::now());
+        u.apply(&[("api".into(), cfg(&["127.0.0.1:1", "127.0.0.1:2"]))]);
+        let id = u.cluster("api").unwrap().members()[0].id;
+        u.endpoint(id).unwrap().record(AttemptResult::Status2xx, Duration::from_millis(3));
+        u.apply(&[("api".into(), cfg(&["127.0.0.1:1", "127.0.0.1:3"]))]);
+        let m = u.cluster("api").unwrap().members();
+        assert_eq!(m[0].id, id);
+        assert_eq!(m[0].total.load(Ordering::Relaxed), 1);
+        assert_eq!(m[1].address, "127.0.0.1:3");
+        let mut out = String::new();
+        u.collect(&mut out);
+        assert!(out.contains("spindle_upstream_requests_total{cluster=\"api\",endpoint=\"127.0.0.1:1\",result=\"2xx\"} 1"));
+        assert!(out.contains("spindle_endpoint_ejected{cluster=\"api\",endpoint=\"127.0.0.1:3\"} 0"));
+    }
+}

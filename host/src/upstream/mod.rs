@@ -1,0 +1,8 @@
+//! Upstream clusters: membership, endpoint stats, ejection, pooled clients
+//! and the request bodies sent to them.
+
+mod body;
+mod cluster;
+
+pub(crate) use self::body::{DownBody, UpBody};
+pub(crate) use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};

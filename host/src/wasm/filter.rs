@@ -1,0 +1,347 @@
+//! One loaded version of a filter: its compiled component, a pool of warm
+//! instances, and the hook calls the chain makes.
+//!
+//! An instance is checked out for one hook call and put back right after, so
+//! at most one request uses it at a time and the pool only needs as many
+//! instances as there are threads calling. A call that traps, hits its
+//! deadline or its memory cap throws the instance away; the filter stays live.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Store;
+
+use super::bindings::exports::spindle::filter::filter::{
+    AttemptAction, AttemptOutcome, Endpoint as WitEndpoint, PickContext, RequestAction, RequestSummary,
+};
+use super::bindings::spindle::filter::types::Hooks;
+use super::bindings::{SpindleFilter, SpindleFilterPre};
+use super::engine::WasmEngine;
+use super::host::{HostEnv, HostState};
+use crate::chain::RequestCtx;
+use crate::config::{FailMode, FilterConfig};
+use crate::telemetry::{FilterMetrics, lock};
+use crate::upstream::{Cluster, Healthy};
+
+/// Why a filter version could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error("{path}: {source}")]
+    Compile {
+        path: PathBuf,
+        source: super::engine::CompileError,
+    },
+    #[error("{path}: cannot link (a filter may import only spindle:filter/host@0.1.0): {message}")]
+    Link { path: PathBuf, message: String },
+    #[error("{path}: cannot instantiate: {message}")]
+    Instantiate { path: PathBuf, message: String },
+    #[error("filter refused its config: {message}")]
+    Config { message: String },
+}
+
+/// How a hook call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailKind {
+    Trap,
+    Deadline,
+    Memory,
+    Instantiate,
+}
+
+impl FailKind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            FailKind::Trap => "trap",
+            FailKind::Deadline => "deadline",
+            FailKind::Memory => "memory",
+            FailKind::Instantiate => "instantiate",
+        }
+    }
+}
+
+/// A failed hook call.
+#[derive(Debug, thiserror::Error)]
+#[error("filter `{filter}`: {} ({message})", kind.label())]
+pub(crate) struct FilterError {
+    pub(crate) filter: Arc<str>,
+    pub(crate) kind: FailKind,
+    pub(crate) message: String,
+}
+
+struct Slot {
+    store: Store<HostState>,
+    bindings: SpindleFilter,
+    /// The generation of each cluster's healthy set this instance has seen.
+    views: Vec<(Arc<str>, u64)>,
+}
+
+/// One version of one filter.
+pub(crate) struct FilterModule {
+    pub(crate) name: Arc<str>,
+    pub(crate) path: PathBuf,
+    pub(crate) sha256: String,
+    pub(crate) loaded_at: SystemTime,
+    pub(crate) spec: FilterConfig,
+    pub(crate) hooks: Hooks,
+    config_json: String,
+    pre: SpindleFilterPre<HostState>,
+    engine: wasmtime::Engine,
+    env: Arc<HostEnv>,
+    metrics: Arc<FilterMetrics>,
+    idle: Mutex<Vec<Slot>>,
+    pub(crate) calls: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) instances: AtomicUsize,
+}
+
+impl FilterModule {
+    /// Compiles, links, instantiates and initialises a filter: a version
+    /// that gets through all of this is ready to serve.
+    pub(crate) fn from_bytes(
+        engine: &WasmEngine,
+        env: &Arc<HostEnv>,
+        name: &str,
+        spec: &FilterConfig,
+        config_json: &str,
+        path: PathBuf,
+        bytes: &[u8],
+    ) -> Result<Arc<FilterModule>, LoadError> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component = engine.component(bytes, &sha256).map_err(|source| LoadError::Compile {
+            path: path.clone(),
+            source,
+        })?;
+        let pre = engine
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let pre = SpindleFilterPre::new(pre).map_err(|e| LoadError::Link {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        })?;
+        let mut module = FilterModule {
+            name: Arc::from(name),
+            path: path.clone(),
+            sha256,
+            loaded_at: SystemTime::now(),
+            spec: spec.clone(),
+            hooks: Hooks::empty(),
+            config_json: config_json.to_string(),
+            pre,
+            engine: engine.engine.clone(),
+            env: env.clone(),
+            metrics: env.metrics.filter(name),
+            idle: Mutex::new(Vec::new()),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            instances: AtomicUsize::new(0),
+        };
+        let (slot, hooks) = module.instantiate().map_err(|e| match e {
+            InstantiateError::Config(message) => LoadError::Config { message },
+            InstantiateError::Failed(message) => LoadError::Instantiate { path, message },
+        })?;
+        module.hooks = hooks;
+        lock(&module.idle).push(slot);
+        Ok(Arc::new(module))
+    }
+
+    pub(crate) fn fail_mode(&self) -> FailMode {
+        self.spec.fail
+    }
+
+    pub(crate) fn has(&self, hook: Hooks) -> bool {
+        self.hooks.contains(hook)
+    }
+
+    pub(crate) fn idle_instances(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    fn instantiate(&self) -> Result<(Slot, Hooks), InstantiateError> {
+        let state = HostState {
+            filter: self.name.clone(),
+            env: self.env.clone(),
+            filter_metrics: self.metrics.clone(),
+            req: None,
+            memory_limit: (self.spec.memory_limit_mb as usize) << 20,
+            memory_exceeded: false,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        store.set_epoch_deadline(self.spec.call_timeout_ms.max(1) * 10);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| InstantiateError::Failed(format!("{e:#}")))?;
+        store.set_epoch_deadline(self.spec.call_timeout_ms.max(1) * 10);
+        let hooks = bindings
+            .spindle_filter_filter()
+            .call_init(&mut store, &self.config_json)
+            .map_err(|e| InstantiateError::Failed(format!("init: {e:#}")))?
+            .map_err(InstantiateError::Config)?;
+        self.instances.fetch_add(1, Ordering::Relaxed);
+        Ok((
+            Slot {
+                store,
+                bindings,
+                views: Vec::new(),
+            },
+            hooks,
+        ))
+    }
+
+    fn checkout(&self) -> Result<Slot, FilterError> {
+        if let Some(slot) = lock(&self.idle).pop() {
+            return Ok(slot);
+        }
+        match self.instantiate() {
+            Ok((slot, _)) => Ok(slot),
+            Err(e) => {
+                let message = match e {
+                    InstantiateError::Config(m) | InstantiateError::Failed(m) => m,
+                };
+                Err(self.failed(FailKind::Instantiate, message))
+            }
+        }
+    }
+
+    fn checkin(&self, slot: Slot) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.spec.max_idle_instances {
+            idle.push(slot);
+        } else {
+            drop(idle);
+            self.instances.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, kind: FailKind, message: String) -> FilterError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.env.metrics.filter_error(&self.name, kind.label());
+        tracing::warn!(filter = %self.name, kind = kind.label(), "filter failed: {message}");
+        FilterError {
+            filter: self.name.clone(),
+            kind,
+            message,
+        }
+    }
+
+    /// Runs one guest call with the request bound to a checked-out instance.
+    fn call<R>(
+        &self,
+        req: &mut Option<Box<RequestCtx>>,
+        f: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
+    ) -> Result<R, FilterError> {
+        let mut slot = self.checkout()?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        slot.store.data_mut().req = req.take();
+        slot.store.set_epoch_deadline(self.spec.call_timeout_ms.max(1));
+        let result = f(&mut slot);
+        *req = slot.store.data_mut().req.take();
+        match result {
+            Ok(v) => {
+                self.checkin(slot);
+                Ok(v)
+            }
+            Err(e) => {
+                let kind = if slot.store.data().memory_exceeded {
+                    FailKind::Memory
+                } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                    FailKind::Deadline
+                } else {
+                    FailKind::Trap
+                };
+                self.instances.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+                Err(self.failed(kind, format!("{e:#}")))
+            }
+        }
+    }
+
+    pub(crate) fn on_request(&self, req: &mut Option<Box<RequestCtx>>) -> Result<RequestAction, FilterError> {
+        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_request(&mut s.store))
+    }
+
+    /// Asks the balancer for an endpoint, first bringing the instance's view
+    /// of the cluster up to date if it is stale.
+    pub(crate) fn pick(
+        &self,
+        req: &mut Option<Box<RequestCtx>>,
+        cluster: &Cluster,
+        healthy: &Healthy,
+        attempt: u32,
+        previous: Option<u32>,
+    ) -> Result<Option<u32>, FilterError> {
+        self.call(req, |s| {
+            let known = s.views.iter().position(|(c, _)| **c == *cluster.name);
+            if known.map(|i| s.views[i].1) != Some(healthy.generation) {
+                let list: Vec<WitEndpoint> = healthy
+                    .endpoints
+                    .iter()
+                    .map(|e| WitEndpoint {
+                        id: e.id,
+                        address: e.address.clone(),
+                        weight: e.weight,
+                    })
+                    .collect();
+                s.bindings
+                    .spindle_filter_filter()
+                    .call_endpoints_changed(&mut s.store, &cluster.name, &list)?;
+                match known {
+                    Some(i) => s.views[i].1 = healthy.generation,
+                    None => s.views.push((cluster.name.clone(), healthy.generation)),
+                }
+            }
+            let ctx = PickContext {
+                cluster: cluster.name.to_string(),
+                attempt,
+                previous,
+            };
+            s.bindings.spindle_filter_filter().call_pick_endpoint(&mut s.store, &ctx)
+        })
+    }
+
+    pub(crate) fn on_attempt(
+        &self,
+        req: &mut Option<Box<RequestCtx>>,
+        outcome: &AttemptOutcome,
+    ) -> Result<AttemptAction, FilterError> {
+        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_attempt(&mut s.store, outcome))
+    }
+
+    pub(crate) fn on_response(&self, req: &mut Option<Box<RequestCtx>>) -> Result<(), FilterError> {
+        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_response(&mut s.store))
+    }
+
+    pub(crate) fn on_done(
+        &self,
+        req: &mut Option<Box<RequestCtx>>,
+        summary: &RequestSummary,
+    ) -> Result<(), FilterError> {
+        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_done(&mut s.store, summary))
+    }
+}
+
+enum InstantiateError {
+    Config(String),
+    Failed(String),
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// sha256 of a file's bytes, hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}

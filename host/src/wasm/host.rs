@@ -1,0 +1,335 @@
+//! The host side of the ABI: what a filter instance can call.
+//!
+//! Every call that is about "the current request" reads the [`RequestCtx`]
+//! bound to the instance for the duration of a hook. Bad input from a guest
+//! (invalid header names, oversized values) is ignored and logged, never a
+//! host panic.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderName, HeaderValue};
+
+use super::bindings::spindle::filter::host::Host;
+use super::bindings::spindle::filter::types::{ClusterStats, EndpointStats, LogLevel, MetricKind};
+use super::store::SharedStore;
+use crate::chain::{MAX_VAR_BYTES, MAX_VARS, RequestCtx};
+use crate::telemetry::{FilterMetrics, Kind, Metrics};
+use crate::upstream::Upstreams;
+
+/// What every instance of every filter shares.
+pub(crate) struct HostEnv {
+    pub(crate) store: SharedStore,
+    pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) start: Instant,
+}
+
+/// The data of one instance's `Store`.
+pub(crate) struct HostState {
+    pub(crate) filter: Arc<str>,
+    pub(crate) env: Arc<HostEnv>,
+    pub(crate) filter_metrics: Arc<FilterMetrics>,
+    /// The request bound for the current hook call, if any.
+    pub(crate) req: Option<Box<RequestCtx>>,
+    pub(crate) memory_limit: usize,
+    /// Set when the guest tried to grow past `memory_limit`.
+    pub(crate) memory_exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_exceeded = true;
+            wasmtime::bail!(
+                "filter `{}` reached its memory limit of {} MiB",
+                self.filter,
+                self.memory_limit >> 20
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+fn header_name(name: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(name.as_bytes()).ok()
+}
+
+impl HostState {
+    fn bad_input(&self, what: &str) {
+        tracing::debug!(filter = %self.filter, "ignored bad input from filter: {what}");
+    }
+
+    fn set_header(&mut self, response: bool, name: &str, value: &str, append: bool) {
+        let (Some(n), Ok(v)) = (header_name(name), HeaderValue::from_str(value)) else {
+            self.bad_input("invalid header name or value");
+            return;
+        };
+        let headers = match (&mut self.req, response) {
+            (Some(r), false) => &mut r.head.headers,
+            (Some(r), true) => match &mut r.response {
+                Some(resp) => &mut resp.headers,
+                None => return,
+            },
+            (None, _) => return,
+        };
+        if append {
+            headers.append(n, v);
+        } else {
+            headers.insert(n, v);
+        }
+    }
+}
+
+impl Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let filter = &*self.filter;
+        match level {
+            LogLevel::Trace => tracing::trace!(filter, "{message}"),
+            LogLevel::Debug => tracing::debug!(filter, "{message}"),
+            LogLevel::Info => tracing::info!(filter, "{message}"),
+            LogLevel::Warn => tracing::warn!(filter, "{message}"),
+            LogLevel::Error => tracing::error!(filter, "{message}"),
+        }
+    }
+
+    fn method(&mut self) -> String {
+        self.req.as_ref().map(|r| r.head.method.to_string()).unwrap_or_default()
+    }
+
+    fn path(&mut self) -> String {
+        self.req
+            .as_ref()
+            .map(|r| r.head.uri.path_and_query().map_or("/", |p| p.as_str()).to_string())
+            .unwrap_or_default()
+    }
+
+    fn set_path(&mut self, path: String) {
+        let Some(r) = self.req.as_mut() else { return };
+        let Ok(pq) = path.parse::<http::uri::PathAndQuery>() else {
+            self.bad_input("invalid path");
+            return;
+        };
+        let mut parts = r.head.uri.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            r.head.uri = uri;
+        }
+    }
+
+    fn authority(&mut self) -> Option<String> {
+        self.req.as_ref().and_then(|r| r.authority().map(str::to_string))
+    }
+
+    fn client_address(&mut self) -> String {
+        self.req.as_ref().map(|r| r.client.to_string()).unwrap_or_default()
+    }
+
+    fn request_header(&mut self, name: String) -> Option<String> {
+        let r = self.req.as_ref()?;
+        let v = r.head.headers.get(name.as_str())?;
+        Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    fn request_header_all(&mut self, name: String) -> Vec<String> {
+        let Some(r) = self.req.as_ref() else { return Vec::new() };
+        r.head
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    fn set_request_header(&mut self, name: String, value: String) {
+        self.set_header(false, &name, &value, false);
+    }
+
+    fn add_request_header(&mut self, name: String, value: String) {
+        self.set_header(false, &name, &value, true);
+    }
+
+    fn remove_request_header(&mut self, name: String) {
+        if let Some(r) = self.req.as_mut() {
+            r.head.headers.remove(name.as_str());
+        }
+    }
+
+    fn cluster(&mut self) -> Option<String> {
+        self.req.as_ref().and_then(|r| r.cluster.clone())
+    }
+
+    fn set_cluster(&mut self, name: String) {
+        if let Some(r) = self.req.as_mut() {
+            r.cluster = Some(name);
+        }
+    }
+
+    fn set_per_try_timeout(&mut self, ms: u32) {
+        if let Some(r) = self.req.as_mut() {
+            r.per_try_timeout = Some(Duration::from_millis(u64::from(ms.max(1))));
+        }
+    }
+
+    fn request_id(&mut self) -> String {
+        self.req.as_ref().map(|r| r.request_id.clone()).unwrap_or_default()
+    }
+
+    fn request_var(&mut self, name: String) -> Option<String> {
+        let r = self.req.as_ref()?;
+        r.vars
+            .iter()
+            .find(|(f, n, _)| **f == *self.filter && *n == name)
+            .map(|(_, _, v)| v.clone())
+    }
+
+    fn set_request_var(&mut self, name: String, value: String) {
+        if name.len() + value.len() > MAX_VAR_BYTES {
+            self.bad_input("request variable too large");
+            return;
+        }
+        let filter = self.filter.clone();
+        let Some(r) = self.req.as_mut() else { return };
+        if let Some(slot) = r.vars.iter_mut().find(|(f, n, _)| *f == filter && *n == name) {
+            slot.2 = value;
+        } else if r.vars.len() < MAX_VARS {
+            r.vars.push((filter, name, value));
+        } else {
+            self.bad_input("too many request variables");
+        }
+    }
+
+    fn response_status(&mut self) -> Option<u16> {
+        self.req.as_ref()?.response.as_ref().map(|r| r.status.as_u16())
+    }
+
+    fn set_response_status(&mut self, status: u16) {
+        let Ok(s) = http::StatusCode::from_u16(status) else {
+            self.bad_input("invalid status");
+            return;
+        };
+        if let Some(resp) = self.req.as_mut().and_then(|r| r.response.as_mut()) {
+            resp.status = s;
+        }
+    }
+
+    fn response_header(&mut self, name: String) -> Option<String> {
+        let resp = self.req.as_ref()?.response.as_ref()?;
+        let v = resp.headers.get(name.as_str())?;
+        Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    fn set_response_header(&mut self, name: String, value: String) {
+        self.set_header(true, &name, &value, false);
+    }
+
+    fn add_response_header(&mut self, name: String, value: String) {
+        self.set_header(true, &name, &value, true);
+    }
+
+    fn remove_response_header(&mut self, name: String) {
+        if let Some(resp) = self.req.as_mut().and_then(|r| r.response.as_mut()) {
+            resp.headers.remove(name.as_str());
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn monotonic_ns(&mut self) -> u64 {
+        self.env.start.elapsed().as_nanos() as u64
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        rand::random()
+    }
+
+    fn endpoint_stats(&mut self, id: u32) -> Option<EndpointStats> {
+        let e = self.env.upstreams.endpoint(id)?;
+        let now = self.env.upstreams.now_ms();
+        Some(EndpointStats {
+            in_flight: e.in_flight.load(Ordering::Relaxed),
+            ewma_ns: e.ewma_ns.load(Ordering::Relaxed),
+            consecutive_failures: e.consecutive_failures.load(Ordering::Relaxed),
+            ejected: e.is_ejected(now),
+            total_requests: e.total.load(Ordering::Relaxed),
+            total_failures: e.failures.load(Ordering::Relaxed),
+        })
+    }
+
+    fn cluster_stats(&mut self, cluster: String) -> Option<ClusterStats> {
+        let c = self.env.upstreams.cluster(&cluster)?;
+        let now = self.env.upstreams.now_ms();
+        let members = c.members();
+        Some(ClusterStats {
+            endpoints: members.len() as u32,
+            ejected: members.iter().filter(|e| e.is_ejected(now)).count() as u32,
+            in_flight: c.in_flight(),
+        })
+    }
+
+    fn eject_endpoint(&mut self, id: u32, ms: u32) -> bool {
+        self.env.upstreams.eject(id, ms)
+    }
+
+    fn define_metric(
+        &mut self,
+        kind: MetricKind,
+        name: String,
+        help: String,
+        labels: Vec<String>,
+    ) -> Result<u32, String> {
+        let kind = match kind {
+            MetricKind::Counter => Kind::Counter,
+            MetricKind::Gauge => Kind::Gauge,
+            MetricKind::Histogram => Kind::Histogram,
+        };
+        self.filter_metrics.define(kind, &name, &help, &labels)
+    }
+
+    fn record_metric(&mut self, id: u32, label_values: Vec<String>, value: f64) -> Result<(), String> {
+        self.filter_metrics.record(id, label_values, value)
+    }
+
+    fn store_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.env.store.get(&key)
+    }
+
+    fn store_set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) {
+        if let Err(e) = self.env.store.set(key, value, ttl_ms) {
+            self.bad_input(&e.to_string());
+        }
+    }
+
+    fn store_cas(&mut self, key: String, expected: Option<Vec<u8>>, new: Vec<u8>, ttl_ms: u64) -> bool {
+        match self.env.store.cas(key, expected.as_deref(), new, ttl_ms) {
+            Ok(b) => b,
+            Err(e) => {
+                self.bad_input(&e.to_string());
+                false
+            }
+        }
+    }
+
+    fn store_add(&mut self, key: String, delta: i64, ttl_ms: u64) -> i64 {
+        match self.env.store.add(key, delta, ttl_ms) {
+            Ok(v) => v,
+            Err(e) => {
+                self.bad_input(&e.to_string());
+                0
+            }
+        }
+    }
+
+    fn store_delete(&mut self, key: String) {
+        self.env.store.delete(&key);
+    }
+}
+
+impl super::bindings::spindle::filter::types::Host for HostState {}

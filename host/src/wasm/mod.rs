@@ -1,0 +1,24 @@
+//! The Wasm side of the host: engine, loaded filter versions with their
+//! instance pools, the host API filters call, and the shared store.
+
+mod engine;
+mod filter;
+mod host;
+mod store;
+
+/// Bindings generated from `sdk/wit`, the only thing host and SDK share.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "spindle-filter",
+    });
+}
+
+pub(crate) use self::bindings::exports::spindle::filter::filter::{
+    AttemptAction, AttemptOutcome, RequestAction, RequestSummary,
+};
+pub(crate) use self::bindings::spindle::filter::types::{AttemptError, Hooks};
+pub(crate) use self::engine::{WasmEngine, default_cache_dir};
+pub(crate) use self::filter::{FilterError, FilterModule, LoadError, sha256_hex};
+pub(crate) use self::host::HostEnv;
+pub(crate) use self::store::SharedStore;
