@@ -39,7 +39,11 @@ use crate::config::Config;
 use crate::runtime::Proxy;
 
 #[derive(Parser)]
-#[command(name = "spindle", version, about = "A WebAssembly-programmable HTTP proxy")]
+#[command(
+    name = "spindle",
+    version,
+    about = "A WebAssembly-programmable HTTP proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("spindle: cannot start the async runtime: {e}");
@@ -153,11 +160,18 @@ async fn run(path: &std::path::Path) -> ExitCode {
         let socket = match tokio::net::TcpListener::bind(addr.as_str()).await {
             Ok(s) => s,
             Err(e) => {
-                print_errors(&[format!("listener `{}`: cannot listen on {addr}: {e}", l.name)]);
+                print_errors(&[format!(
+                    "listener `{}`: cannot listen on {addr}: {e}",
+                    l.name
+                )]);
                 return ExitCode::FAILURE;
             }
         };
-        announce(&format!("listener {} listening on {}", l.name, local_addr(&socket)));
+        announce(&format!(
+            "listener {} listening on {}",
+            l.name,
+            local_addr(&socket)
+        ));
         accept_loops.push(tokio::spawn(listener::serve(
             socket,
             l.clone(),
@@ -184,7 +198,10 @@ async fn run(path: &std::path::Path) -> ExitCode {
 
     wait_for_signal().await;
     let drain = Duration::from_millis(proxy.runtime.load().config.runtime.drain_timeout_ms);
-    tracing::info!(open_connections = conns.open(), "shutting down: draining in-flight requests");
+    tracing::info!(
+        open_connections = conns.open(),
+        "shutting down: draining in-flight requests"
+    );
     proxy.ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     for a in accept_loops {
@@ -195,7 +212,10 @@ async fn run(path: &std::path::Path) -> ExitCode {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if conns.open() > 0 {
-        tracing::warn!(open_connections = conns.open(), "drain timeout: closing the rest");
+        tracing::warn!(
+            open_connections = conns.open(),
+            "drain timeout: closing the rest"
+        );
     }
     ExitCode::SUCCESS
 }
@@ -208,12 +228,16 @@ fn announce(line: &str) {
 }
 
 fn local_addr(l: &tokio::net::TcpListener) -> String {
-    l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string())
+    l.local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string())
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::warn!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;

@@ -54,7 +54,11 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             r
         }
-        "/config" => json(&crate::runtime::config_json(&proxy.runtime.load())),
+        "/config" => {
+            let mut v = crate::runtime::config_json(&proxy.runtime.load());
+            v["runtime"] = serde_json::json!({ "pooling_allocator": proxy.engine.pooling });
+            json(&v)
+        }
         "/clusters" => json(&proxy.upstreams.to_json()),
         "/" => text(
             StatusCode::OK,
@@ -67,15 +71,19 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }

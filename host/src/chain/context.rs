@@ -44,10 +44,11 @@ impl RequestCtx {
 
     /// The authority: the URI's, else the `host` header.
     pub(crate) fn authority(&self) -> Option<&str> {
-        self.head
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| self.head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        self.head.uri.authority().map(|a| a.as_str()).or_else(|| {
+            self.head
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
     }
 }

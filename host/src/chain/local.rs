@@ -10,26 +10,40 @@ use crate::wasm::bindings::spindle::filter::types::LocalReply;
 
 /// A short plain-text response saying why.
 pub(crate) fn local(status: StatusCode, text: &str) -> Response<DownBody> {
-    let mut r = Response::new(DownBody::Local(Some(Bytes::copy_from_slice(text.as_bytes()))));
+    let mut r = Response::new(DownBody::Local(Some(Bytes::copy_from_slice(
+        text.as_bytes(),
+    ))));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 /// A filter's local reply; invalid statuses or headers are replaced or dropped.
 pub(crate) fn from_reply(reply: LocalReply) -> Response<DownBody> {
-    let body = if reply.body.is_empty() { None } else { Some(Bytes::from(reply.body)) };
+    let body = if reply.body.is_empty() {
+        None
+    } else {
+        Some(Bytes::from(reply.body))
+    };
     let mut r = Response::new(DownBody::Local(body));
-    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (k, v) in reply.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
             r.headers_mut().append(k, v);
         }
     }
     if !r.headers().contains_key(CONTENT_TYPE) && r.body_has_bytes() {
-        r.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
     }
     r
 }

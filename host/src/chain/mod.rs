@@ -22,7 +22,9 @@ use self::local::local;
 use crate::config::FailMode;
 use crate::runtime::{Chain, Proxy};
 use crate::upstream::{AttemptResult, Cluster, DownBody, Endpoint, InFlight, UpBody};
-use crate::wasm::{AttemptAction, AttemptError, AttemptOutcome, FilterError, Hooks, RequestAction, RequestSummary};
+use crate::wasm::{
+    AttemptAction, AttemptError, AttemptOutcome, FilterError, Hooks, RequestAction, RequestSummary,
+};
 
 /// Answers one downstream request. Never fails: every error becomes a
 /// local response.
@@ -57,7 +59,9 @@ pub(crate) async fn handle(
     };
     let (status, resp) = run.respond(body).await;
     let duration = start.elapsed();
-    chain.stats.record(status.as_u16(), duration.as_nanos() as u64);
+    chain
+        .stats
+        .record(status.as_u16(), duration.as_nanos() as u64);
     run.done(status, duration);
     resp
 }
@@ -79,7 +83,9 @@ enum Outcome {
 impl Run<'_> {
     fn ctx(&mut self) -> &mut RequestCtx {
         // The context is only out of this Option during a synchronous hook call.
-        self.ctx.as_mut().expect("request context is bound to this request between hook calls")
+        self.ctx
+            .as_mut()
+            .expect("request context is bound to this request between hook calls")
     }
 
     /// Applies a filter's fail mode: `Some(response)` when the request must stop.
@@ -126,7 +132,10 @@ impl Run<'_> {
     async fn upstream_phase(&mut self, body: Incoming) -> Outcome {
         let Some(cluster_name) = self.ctx().cluster.clone() else {
             let path = self.ctx().head.uri.path().to_string();
-            return Outcome::Local(local(StatusCode::NOT_FOUND, &format!("no route for {path}\n")));
+            return Outcome::Local(local(
+                StatusCode::NOT_FOUND,
+                &format!("no route for {path}\n"),
+            ));
         };
         let Some(cluster) = self.proxy.upstreams.cluster(&cluster_name) else {
             return Outcome::Local(local(
@@ -138,7 +147,10 @@ impl Run<'_> {
         let mut body = match buffer(body, limit).await {
             Ok(b) => b,
             Err(e) => {
-                return Outcome::Local(local(StatusCode::BAD_REQUEST, &format!("cannot read request body: {e}\n")));
+                return Outcome::Local(local(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read request body: {e}\n"),
+                ));
             }
         };
         let settings = cluster.settings.load_full();
@@ -154,13 +166,16 @@ impl Run<'_> {
                         &format!("no healthy endpoint in cluster `{cluster_name}`\n"),
                     ));
                 }
-                Err(r) => return Outcome::Local(r),
+                Err(r) => return Outcome::Local(*r),
             };
             self.endpoint = Some(endpoint.id);
             let replayable = matches!(body, ReqBody::Replayable(_));
             let Some(up_body) = body.take() else {
                 // A streamed body was already sent once: nothing to send again.
-                return Outcome::Local(local(StatusCode::BAD_GATEWAY, "request body cannot be replayed\n"));
+                return Outcome::Local(local(
+                    StatusCode::BAD_GATEWAY,
+                    "request body cannot be replayed\n",
+                ));
             };
             let req = self.upstream_request(&endpoint, up_body);
             let per_try = self
@@ -175,7 +190,10 @@ impl Run<'_> {
             };
             let latency = sent.elapsed();
             let (kind, resp) = match result {
-                Ok(Ok(resp)) => (AttemptResult::from_status(resp.status().as_u16()), Some(resp)),
+                Ok(Ok(resp)) => (
+                    AttemptResult::from_status(resp.status().as_u16()),
+                    Some(resp),
+                ),
                 Ok(Err(e)) => (classify(&e), None),
                 Err(_) => (AttemptResult::Timeout, None),
             };
@@ -195,7 +213,7 @@ impl Run<'_> {
             };
             let delay = match self.attempt_phase(&outcome) {
                 Ok(d) => d,
-                Err(r) => return Outcome::Local(r),
+                Err(r) => return Outcome::Local(*r),
             };
             match (delay, resp) {
                 (Some(ms), _) if replayable => {
@@ -217,7 +235,7 @@ impl Run<'_> {
         cluster: &Cluster,
         attempt: u32,
         previous: Option<u32>,
-    ) -> Result<Option<Arc<Endpoint>>, Response<DownBody>> {
+    ) -> Result<Option<Arc<Endpoint>>, Box<Response<DownBody>>> {
         let healthy = cluster.healthy(self.proxy.upstreams.now_ms());
         if healthy.endpoints.is_empty() {
             return Ok(None);
@@ -233,7 +251,7 @@ impl Run<'_> {
                 }
                 Err(e) => {
                     if let Some(r) = self.filter_failed(&e, b.fail_mode()) {
-                        return Err(r);
+                        return Err(Box::new(r));
                     }
                 }
             }
@@ -243,7 +261,10 @@ impl Run<'_> {
 
     /// Every filter with the attempt hook sees the outcome; the longest
     /// requested delay wins when any asks for a retry.
-    fn attempt_phase(&mut self, outcome: &AttemptOutcome) -> Result<Option<u32>, Response<DownBody>> {
+    fn attempt_phase(
+        &mut self,
+        outcome: &AttemptOutcome,
+    ) -> Result<Option<u32>, Box<Response<DownBody>>> {
         let mut delay: Option<u32> = None;
         for f in self.chain.filters.iter().filter(|f| f.has(Hooks::ATTEMPT)) {
             match f.on_attempt(self.ctx, outcome) {
@@ -251,7 +272,7 @@ impl Run<'_> {
                 Ok(AttemptAction::Retry(ms)) => delay = Some(delay.map_or(ms, |d| d.max(ms))),
                 Err(e) => {
                     if let Some(r) = self.filter_failed(&e, f.fail_mode()) {
-                        return Err(r);
+                        return Err(Box::new(r));
                     }
                 }
             }
@@ -269,7 +290,10 @@ impl Run<'_> {
         let mut headers = head.headers.clone();
         strip_hop_by_hop(&mut headers);
         if !headers.contains_key(header::HOST)
-            && let Some(a) = head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            && let Some(a) = head
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         {
             headers.insert(header::HOST, a);
         }
@@ -301,7 +325,13 @@ impl Run<'_> {
             headers: std::mem::take(&mut parts.headers),
         });
         let mut failed = None;
-        for f in self.chain.filters.iter().rev().filter(|f| f.has(Hooks::RESPONSE)) {
+        for f in self
+            .chain
+            .filters
+            .iter()
+            .rev()
+            .filter(|f| f.has(Hooks::RESPONSE))
+        {
             if let Err(e) = f.on_response(self.ctx)
                 && let Some(r) = self.filter_failed(&e, f.fail_mode())
             {
@@ -332,7 +362,13 @@ impl Run<'_> {
             attempts: self.attempts,
             duration_ns: duration.as_nanos() as u64,
         };
-        for f in self.chain.filters.iter().rev().filter(|f| f.has(Hooks::DONE)) {
+        for f in self
+            .chain
+            .filters
+            .iter()
+            .rev()
+            .filter(|f| f.has(Hooks::DONE))
+        {
             // The response is on its way: a failure here can only be counted.
             let _ = f.on_done(self.ctx, &summary);
         }
@@ -373,7 +409,10 @@ async fn buffer(mut body: Incoming, limit: usize) -> Result<ReqBody, hyper::Erro
             total += data.len();
             chunks.push_back(data);
             if total > limit {
-                return Ok(ReqBody::Streaming(Some(UpBody::Stream { prefix: chunks, rest: body })));
+                return Ok(ReqBody::Streaming(Some(UpBody::Stream {
+                    prefix: chunks,
+                    rest: body,
+                })));
             }
         }
         // Trailers are dropped: they cannot be replayed either.
@@ -487,7 +526,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
@@ -507,8 +549,14 @@ mod tests {
 
     #[test]
     fn failures_map_to_contract_statuses() {
-        assert_eq!(failure_response(AttemptResult::Timeout, 1, "a").status(), 504);
-        assert_eq!(failure_response(AttemptResult::ConnectFailure, 3, "a").status(), 502);
+        assert_eq!(
+            failure_response(AttemptResult::Timeout, 1, "a").status(),
+            504
+        );
+        assert_eq!(
+            failure_response(AttemptResult::ConnectFailure, 3, "a").status(),
+            502
+        );
         assert_eq!(failure_response(AttemptResult::Reset, 2, "a").status(), 502);
     }
 }

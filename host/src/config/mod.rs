@@ -315,7 +315,10 @@ impl Config {
         if let Err(e) = self.admin.listen.parse::<SocketAddr>() {
             return Err(self.error(
                 None,
-                format!("admin: listen `{}` is not an ip:port ({e})", self.admin.listen),
+                format!(
+                    "admin: listen `{}` is not an ip:port ({e})",
+                    self.admin.listen
+                ),
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -369,7 +372,9 @@ impl Config {
             if f.get_ref().memory_limit_mb == 0 || f.get_ref().memory_limit_mb > MAX_MEMORY_MB {
                 return Err(self.error(
                     Some(f.span()),
-                    format!("filter `{name}`: memory_limit_mb must be between 1 and {MAX_MEMORY_MB}"),
+                    format!(
+                        "filter `{name}`: memory_limit_mb must be between 1 and {MAX_MEMORY_MB}"
+                    ),
                 ));
             }
             if f.get_ref().call_timeout_ms == 0 {
@@ -401,11 +406,13 @@ impl Config {
             for e in &c.endpoints {
                 let addr = e.address();
                 if e.weight() == 0 {
-                    return Err(
-                        self.error(span.clone(), format!("cluster `{name}`: endpoint `{addr}` has weight 0"))
-                    );
+                    return Err(self.error(
+                        span.clone(),
+                        format!("cluster `{name}`: endpoint `{addr}` has weight 0"),
+                    ));
                 }
-                if addr.parse::<http::uri::Authority>().is_err() || addr.rsplit_once(':').is_none() {
+                if addr.parse::<http::uri::Authority>().is_err() || addr.rsplit_once(':').is_none()
+                {
                     return Err(self.error(
                         span.clone(),
                         format!("cluster `{name}`: endpoint `{addr}` is not a host:port"),
@@ -423,7 +430,11 @@ impl Config {
     }
 
     /// Every string under a key named `cluster` in a filter's config must name a cluster.
-    fn check_cluster_refs(&self, filter: &str, cfg: &Spanned<toml::Value>) -> Result<(), ConfigError> {
+    fn check_cluster_refs(
+        &self,
+        filter: &str,
+        cfg: &Spanned<toml::Value>,
+    ) -> Result<(), ConfigError> {
         let mut missing = Vec::new();
         collect_cluster_refs(cfg.get_ref(), false, &mut |c| {
             if !self.clusters.contains_key(c) {
@@ -434,7 +445,9 @@ impl Config {
             None => Ok(()),
             Some(c) => Err(self.error(
                 Some(cfg.span()),
-                format!("filter `{filter}`: cluster `{c}` is not defined (add a [cluster.{c}] section)"),
+                format!(
+                    "filter `{filter}`: cluster `{c}` is not defined (add a [cluster.{c}] section)"
+                ),
             )),
         }
     }
@@ -452,7 +465,9 @@ impl Config {
     pub(crate) fn filter_config_json(f: &FilterConfig) -> String {
         match &f.config {
             None => "{}".to_string(),
-            Some(v) => serde_json::to_string(&toml_to_json(v.get_ref())).unwrap_or_else(|_| "{}".into()),
+            Some(v) => {
+                serde_json::to_string(&toml_to_json(v.get_ref())).unwrap_or_else(|_| "{}".into())
+            }
         }
     }
 }
@@ -463,7 +478,9 @@ pub(crate) const MAX_MEMORY_MB: u64 = 1024;
 fn collect_cluster_refs(v: &toml::Value, under_cluster_key: bool, f: &mut impl FnMut(&str)) {
     match v {
         toml::Value::String(s) if under_cluster_key => f(s),
-        toml::Value::Array(a) => a.iter().for_each(|x| collect_cluster_refs(x, under_cluster_key, f)),
+        toml::Value::Array(a) => a
+            .iter()
+            .for_each(|x| collect_cluster_refs(x, under_cluster_key, f)),
         toml::Value::Table(t) => {
             for (k, x) in t {
                 collect_cluster_refs(x, k == "cluster", f);
@@ -479,18 +496,28 @@ pub(crate) fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     match v {
         toml::Value::String(s) => J::String(s.clone()),
         toml::Value::Integer(i) => J::from(*i),
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
         toml::Value::Boolean(b) => J::Bool(*b),
         toml::Value::Datetime(d) => J::String(d.to_string()),
         toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => J::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+        toml::Value::Table(t) => J::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
     }
 }
 
 /// 1-based line of a byte offset.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a message
@@ -578,34 +605,56 @@ endpoints = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 2 }]
 
     #[test]
     fn unknown_key_names_line_and_suggests() {
-        let text = GOOD.replace("module = \"router.wasm\"", "module = \"router.wasm\"\nfial = \"open\"");
+        let text = GOOD.replace(
+            "module = \"router.wasm\"",
+            "module = \"router.wasm\"\nfial = \"open\"",
+        );
         let e = parse(&text).unwrap_err();
         assert_eq!(e.line, Some(12), "{e}");
-        assert!(e.to_string().contains("unknown key `fial` (did you mean `fail`?)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unknown key `fial` (did you mean `fail`?)"),
+            "{e}"
+        );
         assert!(e.to_string().starts_with("spindle.toml:12: "), "{e}");
     }
 
     #[test]
     fn undefined_filter_and_cluster_are_refused() {
-        let text = GOOD.replace("filters = [\"router\"]", "filters = [\"router\", \"retry\"]");
+        let text = GOOD.replace(
+            "filters = [\"router\"]",
+            "filters = [\"router\", \"retry\"]",
+        );
         let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("filter `retry` is not defined"), "{e}");
+        assert!(
+            e.to_string().contains("filter `retry` is not defined"),
+            "{e}"
+        );
         assert_eq!(e.line, Some(8));
 
         let text = GOOD.replace("cluster = \"api\"", "cluster = \"web\"");
         let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("cluster `web` is not defined"), "{e}");
+        assert!(
+            e.to_string().contains("cluster `web` is not defined"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_are_refused() {
-        let e = parse(&GOOD.replace("listen = \"127.0.0.1:0\"\nfilters", "listen = \"nowhere\"\nfilters"))
-            .unwrap_err();
+        let e = parse(&GOOD.replace(
+            "listen = \"127.0.0.1:0\"\nfilters",
+            "listen = \"nowhere\"\nfilters",
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("not an ip:port"), "{e}");
         let e = parse(&GOOD.replace("weight = 2", "weight = 0")).unwrap_err();
         assert!(e.to_string().contains("weight 0"), "{e}");
-        let e = parse(&GOOD.replace("[cluster.api]", "[cluster.api]\ndiscovery = { kind = \"dns\" }"))
-            .unwrap_err();
+        let e = parse(&GOOD.replace(
+            "[cluster.api]",
+            "[cluster.api]\ndiscovery = { kind = \"dns\" }",
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("not supported"), "{e}");
     }
 

@@ -96,7 +96,8 @@ impl Proxy {
             .map_err(|e| vec![format!("{}: cannot read: {e}", self.config_path.display())])?;
         let config_changed = text != current.config.text;
         let config = if config_changed {
-            let parsed = Config::parse(&self.config_path, &text).and_then(|c| c.validate().map(|_| c));
+            let parsed =
+                Config::parse(&self.config_path, &text).and_then(|c| c.validate().map(|_| c));
             match parsed {
                 Ok(c) => c,
                 Err(e) => {
@@ -108,13 +109,30 @@ impl Proxy {
             (*current.config).clone()
         };
         if config_changed {
-            let listeners: Vec<_> = current.config.listeners.iter().map(|l| (&l.name, l.listen.get_ref())).collect();
-            let next: Vec<_> = config.listeners.iter().map(|l| (&l.name, l.listen.get_ref())).collect();
+            let listeners: Vec<_> = current
+                .config
+                .listeners
+                .iter()
+                .map(|l| (&l.name, l.listen.get_ref()))
+                .collect();
+            let next: Vec<_> = config
+                .listeners
+                .iter()
+                .map(|l| (&l.name, l.listen.get_ref()))
+                .collect();
             if listeners != next || current.config.admin.listen != config.admin.listen {
-                tracing::warn!("listener names and addresses are fixed at start; restart spindle to change them");
+                tracing::warn!(
+                    "listener names and addresses are fixed at start; restart spindle to change them"
+                );
             }
         }
-        let runtime = match build(&self.engine, &self.env, &self.metrics, config, Some(&current)) {
+        let runtime = match build(
+            &self.engine,
+            &self.env,
+            &self.metrics,
+            config,
+            Some(&current),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 if config_changed {
@@ -125,7 +143,10 @@ impl Proxy {
         };
         let changed = config_changed
             || runtime.filters.iter().any(|(n, f)| {
-                current.filters.get(n).is_none_or(|old| !Arc::ptr_eq(old, f))
+                current
+                    .filters
+                    .get(n)
+                    .is_none_or(|old| !Arc::ptr_eq(old, f))
             });
         if !changed {
             return Ok(false);
@@ -165,7 +186,10 @@ fn build(
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
-                errors.push(format!("filter `{name}`: {}: cannot read: {e}", path.display()));
+                errors.push(format!(
+                    "filter `{name}`: {}: cannot read: {e}",
+                    path.display()
+                ));
                 metrics.filter_reload(name, false);
                 continue;
             }
@@ -314,5 +338,8 @@ fn hook_names(h: Hooks) -> Vec<&'static str> {
         (Hooks::RESPONSE, "response"),
         (Hooks::DONE, "done"),
     ];
-    all.iter().filter(|(f, _)| h.contains(*f)).map(|(_, n)| *n).collect()
+    all.iter()
+        .filter(|(f, _)| h.contains(*f))
+        .map(|(_, n)| *n)
+        .collect()
 }

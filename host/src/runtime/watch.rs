@@ -79,7 +79,10 @@ fn watched_files(proxy: &Proxy) -> BTreeSet<PathBuf> {
 }
 
 fn canonical(p: &Path) -> PathBuf {
-    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     match p.file_name() {
         Some(n) => dir.join(n),
@@ -87,8 +90,15 @@ fn canonical(p: &Path) -> PathBuf {
     }
 }
 
-fn rewatch(watcher: &mut notify::RecommendedWatcher, dirs: &mut BTreeSet<PathBuf>, files: &BTreeSet<PathBuf>) {
-    let wanted: BTreeSet<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+fn rewatch(
+    watcher: &mut notify::RecommendedWatcher,
+    dirs: &mut BTreeSet<PathBuf>,
+    files: &BTreeSet<PathBuf>,
+) {
+    let wanted: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
     for d in dirs.difference(&wanted) {
         let _ = watcher.unwatch(d);
     }

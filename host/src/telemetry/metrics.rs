@@ -105,15 +105,21 @@ impl Metrics {
 
     pub(crate) fn filter_reload(&self, filter: &str, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        *lock(&self.reloads).entry((filter.to_string(), result)).or_default() += 1;
+        *lock(&self.reloads)
+            .entry((filter.to_string(), result))
+            .or_default() += 1;
     }
 
     pub(crate) fn config_reload(&self, ok: bool) {
-        *lock(&self.config_reloads).entry(if ok { "ok" } else { "error" }).or_default() += 1;
+        *lock(&self.config_reloads)
+            .entry(if ok { "ok" } else { "error" })
+            .or_default() += 1;
     }
 
     pub(crate) fn filter_error(&self, filter: &str, kind: &'static str) {
-        *lock(&self.filter_errors).entry((filter.to_string(), kind)).or_default() += 1;
+        *lock(&self.filter_errors)
+            .entry((filter.to_string(), kind))
+            .or_default() += 1;
     }
 
     /// The metric families a filter defined; shared by all its versions so
@@ -156,10 +162,16 @@ impl Metrics {
                 &format!("listener=\"{}\"", escape(&l.name)),
             );
         }
-        out.push_str("# HELP spindle_filter_reloads_total Filter loads and reloads, by filter and result.\n");
+        out.push_str(
+            "# HELP spindle_filter_reloads_total Filter loads and reloads, by filter and result.\n",
+        );
         out.push_str("# TYPE spindle_filter_reloads_total counter\n");
         for ((f, r), v) in lock(&self.reloads).iter() {
-            let _ = writeln!(out, "spindle_filter_reloads_total{{filter=\"{}\",result=\"{r}\"}} {v}", escape(f));
+            let _ = writeln!(
+                out,
+                "spindle_filter_reloads_total{{filter=\"{}\",result=\"{r}\"}} {v}",
+                escape(f)
+            );
         }
         out.push_str("# HELP spindle_config_reloads_total Config file reloads, by result.\n");
         out.push_str("# TYPE spindle_config_reloads_total counter\n");
@@ -169,7 +181,11 @@ impl Metrics {
         out.push_str("# HELP spindle_filter_errors_total Filter failures (trap, deadline, memory, instantiate, bad_answer), by filter and kind.\n");
         out.push_str("# TYPE spindle_filter_errors_total counter\n");
         for ((f, k), v) in lock(&self.filter_errors).iter() {
-            let _ = writeln!(out, "spindle_filter_errors_total{{filter=\"{}\",kind=\"{k}\"}} {v}", escape(f));
+            let _ = writeln!(
+                out,
+                "spindle_filter_errors_total{{filter=\"{}\",kind=\"{k}\"}} {v}",
+                escape(f)
+            );
         }
         for c in lock(&self.collectors).clone() {
             c.collect(&mut out);
@@ -228,25 +244,39 @@ impl FilterMetrics {
     }
 
     /// Defines (or finds) a metric; returns its id.
-    pub(crate) fn define(&self, kind: Kind, name: &str, help: &str, labels: &[String]) -> Result<u32, String> {
+    pub(crate) fn define(
+        &self,
+        kind: Kind,
+        name: &str,
+        help: &str,
+        labels: &[String],
+    ) -> Result<u32, String> {
         if !valid_name(name) {
-            return Err(format!("metric name `{name}` must match [a-zA-Z_][a-zA-Z0-9_]*"));
+            return Err(format!(
+                "metric name `{name}` must match [a-zA-Z_][a-zA-Z0-9_]*"
+            ));
         }
         for l in labels {
             if !valid_name(l) || l.starts_with("__") {
-                return Err(format!("label name `{l}` must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __"));
+                return Err(format!(
+                    "label name `{l}` must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __"
+                ));
             }
         }
         let full = format!("spindle_filter_{}_{}", sanitize(&self.filter), name);
         let mut fams = lock(&self.families);
         if let Some((i, f)) = fams.iter().enumerate().find(|(_, f)| f.name == full) {
             if f.kind != kind || f.labels != labels {
-                return Err(format!("metric `{name}` is already defined with another kind or labels"));
+                return Err(format!(
+                    "metric `{name}` is already defined with another kind or labels"
+                ));
             }
             return Ok(i as u32);
         }
         if fams.len() >= MAX_METRICS_PER_FILTER {
-            return Err(format!("a filter may define at most {MAX_METRICS_PER_FILTER} metrics"));
+            return Err(format!(
+                "a filter may define at most {MAX_METRICS_PER_FILTER} metrics"
+            ));
         }
         fams.push(Arc::new(Family {
             name: full,
@@ -258,7 +288,12 @@ impl FilterMetrics {
         Ok((fams.len() - 1) as u32)
     }
 
-    pub(crate) fn record(&self, id: u32, label_values: Vec<String>, value: f64) -> Result<(), String> {
+    pub(crate) fn record(
+        &self,
+        id: u32,
+        label_values: Vec<String>,
+        value: f64,
+    ) -> Result<(), String> {
         let fam = lock(&self.families)
             .get(id as usize)
             .cloned()
@@ -336,9 +371,17 @@ impl FilterMetrics {
                         let mut cum = 0;
                         for (i, b) in FILTER_BUCKETS.iter().enumerate() {
                             cum += v.buckets.get(i).copied().unwrap_or(0);
-                            let _ = writeln!(out, "{}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}", fam.name);
+                            let _ = writeln!(
+                                out,
+                                "{}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}",
+                                fam.name
+                            );
                         }
-                        let _ = writeln!(out, "{}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", fam.name, v.count);
+                        let _ = writeln!(
+                            out,
+                            "{}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+                            fam.name, v.count
+                        );
                         let _ = writeln!(out, "{}_sum{{{labels}}} {}", fam.name, v.value);
                         let _ = writeln!(out, "{}_count{{{labels}}} {}", fam.name, v.count);
                     }
@@ -356,12 +399,16 @@ fn valid_name(s: &str) -> bool {
 
 /// Filter names may hold `-`; metric names may not.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// Escapes a label value.
 pub(crate) fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Locks a mutex, recovering from poisoning (a panicking scrape must not
@@ -378,8 +425,18 @@ mod tests {
     fn filter_metrics_define_record_render() {
         let m = Metrics::default();
         let f = m.filter("hello");
-        let id = f.define(Kind::Counter, "requests_total", "Requests.", &["method".into()]).unwrap();
-        assert_eq!(f.define(Kind::Counter, "requests_total", "x", &["method".into()]), Ok(id));
+        let id = f
+            .define(
+                Kind::Counter,
+                "requests_total",
+                "Requests.",
+                &["method".into()],
+            )
+            .unwrap();
+        assert_eq!(
+            f.define(Kind::Counter, "requests_total", "x", &["method".into()]),
+            Ok(id)
+        );
         assert!(f.define(Kind::Gauge, "requests_total", "x", &[]).is_err());
         assert!(f.define(Kind::Gauge, "bad-name", "x", &[]).is_err());
         f.record(id, vec!["GET".into()], 2.0).unwrap();
@@ -389,9 +446,18 @@ mod tests {
         let h = f.define(Kind::Histogram, "size", "Sizes.", &[]).unwrap();
         f.record(h, vec![], 0.7).unwrap();
         let text = m.render();
-        assert!(text.contains("spindle_filter_hello_requests_total{method=\"GET\"} 3"), "{text}");
-        assert!(text.contains("spindle_filter_hello_size_bucket{le=\"1\"} 1"), "{text}");
-        assert!(text.contains("spindle_filter_hello_size_count{} 1"), "{text}");
+        assert!(
+            text.contains("spindle_filter_hello_requests_total{method=\"GET\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spindle_filter_hello_size_bucket{le=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spindle_filter_hello_size_count{} 1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -415,7 +481,11 @@ mod tests {
         m.filter_reload("router", true);
         let text = m.render();
         assert!(text.contains("spindle_requests_total{listener=\"edge\",code=\"503\"} 1"));
-        assert!(text.contains("spindle_request_duration_seconds_bucket{listener=\"edge\",le=\"0.001\"} 1"));
+        assert!(
+            text.contains(
+                "spindle_request_duration_seconds_bucket{listener=\"edge\",le=\"0.001\"} 1"
+            )
+        );
         assert!(text.contains("spindle_request_duration_seconds_count{listener=\"edge\"} 2"));
         assert!(text.contains("spindle_filter_reloads_total{filter=\"router\",result=\"ok\"} 1"));
     }

@@ -2,7 +2,9 @@
 
 mod metrics;
 
-pub(crate) use self::metrics::{Collector, FilterMetrics, Histogram, Kind, ListenerStats, Metrics, escape, lock};
+pub(crate) use self::metrics::{
+    Collector, FilterMetrics, Histogram, Kind, ListenerStats, Metrics, escape, lock,
+};
 
 /// Sets up `tracing` for the process: `RUST_LOG` wins over `--log-level`.
 pub(crate) fn init_logging(level: &str, json: bool) {

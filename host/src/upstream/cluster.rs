@@ -73,7 +73,10 @@ impl AttemptResult {
     pub(crate) fn is_failure(self) -> bool {
         !matches!(
             self,
-            AttemptResult::Status2xx | AttemptResult::Status3xx | AttemptResult::Status4xx | AttemptResult::Other1xx
+            AttemptResult::Status2xx
+                | AttemptResult::Status3xx
+                | AttemptResult::Status4xx
+                | AttemptResult::Other1xx
         )
     }
 }
@@ -118,7 +121,11 @@ impl Endpoint {
         // EWMA with alpha = 0.3; races between threads lose a sample at worst.
         let sample = latency.as_nanos().min(u64::MAX as u128) as u64;
         let old = self.ewma_ns.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old * 7 + sample * 3) / 10 };
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample * 3) / 10
+        };
         self.ewma_ns.store(new.max(1), Ordering::Relaxed);
     }
 }
@@ -198,11 +205,18 @@ impl Cluster {
         endpoints.sort_by_key(|e| e.id);
         let current = self.healthy.load();
         let same = current.endpoints.len() == endpoints.len()
-            && current.endpoints.iter().zip(&endpoints).all(|(a, b)| a.id == b.id);
+            && current
+                .endpoints
+                .iter()
+                .zip(&endpoints)
+                .all(|(a, b)| a.id == b.id);
         self.next_expiry_ms.store(next, Ordering::Relaxed);
         if !same {
             let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            self.healthy.store(Arc::new(Healthy { generation, endpoints }));
+            self.healthy.store(Arc::new(Healthy {
+                generation,
+                endpoints,
+            }));
         }
     }
 
@@ -215,7 +229,11 @@ impl Cluster {
 
     /// In-flight requests over every member.
     pub(crate) fn in_flight(&self) -> u32 {
-        self.members.load().iter().map(|e| e.in_flight.load(Ordering::Relaxed)).sum()
+        self.members
+            .load()
+            .iter()
+            .map(|e| e.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -247,7 +265,11 @@ impl Upstreams {
     }
 
     pub(crate) fn endpoint(&self, id: u32) -> Option<Arc<Endpoint>> {
-        self.by_id.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+        self.by_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     /// Applies a config's clusters: new ones are created, changed ones
@@ -354,7 +376,8 @@ impl Upstreams {
             return false;
         };
         let now = self.now_ms();
-        e.ejected_until_ms.store(now + u64::from(ms.max(1)), Ordering::Relaxed);
+        e.ejected_until_ms
+            .store(now + u64::from(ms.max(1)), Ordering::Relaxed);
         e.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(cluster = %cluster.name, endpoint = %e.address, ms, "endpoint ejected");
         cluster.rebuild_healthy(now);
@@ -444,7 +467,9 @@ impl Collector for Upstreams {
                 }
             }
         }
-        out.push_str("# HELP spindle_endpoint_ejected 1 while the endpoint is ejected from its cluster.\n");
+        out.push_str(
+            "# HELP spindle_endpoint_ejected 1 while the endpoint is ejected from its cluster.\n",
+        );
         out.push_str("# TYPE spindle_endpoint_ejected gauge\n");
         for n in &names {
             for e in clusters[*n].members().iter() {
@@ -483,7 +508,9 @@ impl Collector for Upstreams {
                 );
             }
         }
-        out.push_str("# HELP spindle_upstream_retries_total Retries decided by filters, by cluster.\n");
+        out.push_str(
+            "# HELP spindle_upstream_retries_total Retries decided by filters, by cluster.\n",
+        );
         out.push_str("# TYPE spindle_upstream_retries_total counter\n");
         for n in &names {
             let _ = writeln!(
@@ -512,7 +539,11 @@ mod tests {
     fn cfg(endpoints: &[&str]) -> ClusterConfig {
         let text = format!(
             "endpoints = [{}]",
-            endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(",")
+            endpoints
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         toml::from_str(&text).expect("cluster config")
     }
@@ -542,7 +573,9 @@ mod tests {
         let u = Upstreams::new(Instant::now());
         u.apply(&[("api".into(), cfg(&["127.0.0.1:1", "127.0.0.1:2"]))]);
         let id = u.cluster("api").unwrap().members()[0].id;
-        u.endpoint(id).unwrap().record(AttemptResult::Status2xx, Duration::from_millis(3));
+        u.endpoint(id)
+            .unwrap()
+            .record(AttemptResult::Status2xx, Duration::from_millis(3));
         u.apply(&[("api".into(), cfg(&["127.0.0.1:1", "127.0.0.1:3"]))]);
         let m = u.cluster("api").unwrap().members();
         assert_eq!(m[0].id, id);
@@ -551,6 +584,8 @@ mod tests {
         let mut out = String::new();
         u.collect(&mut out);
         assert!(out.contains("spindle_upstream_requests_total{cluster=\"api\",endpoint=\"127.0.0.1:1\",result=\"2xx\"} 1"));
-        assert!(out.contains("spindle_endpoint_ejected{cluster=\"api\",endpoint=\"127.0.0.1:3\"} 0"));
+        assert!(
+            out.contains("spindle_endpoint_ejected{cluster=\"api\",endpoint=\"127.0.0.1:3\"} 0")
+        );
     }
 }

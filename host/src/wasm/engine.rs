@@ -30,17 +30,23 @@ pub(crate) enum CompileError {
 pub(crate) struct WasmEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
+    /// False when the pooling allocator could not reserve its memory.
+    pub(crate) pooling: bool,
     cache_dir: Option<PathBuf>,
     cache_key: String,
 }
 
 impl WasmEngine {
     pub(crate) fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let engine = match Engine::new(&config(true)) {
-            Ok(e) => e,
+        let (engine, pooling) = match Engine::new(&config(true)) {
+            Ok(e) => (e, true),
             Err(e) => {
-                tracing::warn!("pooling allocator unavailable ({e}); using on-demand instance allocation");
-                Engine::new(&config(false)).map_err(|e| anyhow::anyhow!("wasm engine: {e}"))?
+                tracing::warn!(
+                    "pooling allocator unavailable ({e}); using on-demand instance allocation"
+                );
+                let e =
+                    Engine::new(&config(false)).map_err(|e| anyhow::anyhow!("wasm engine: {e}"))?;
+                (e, false)
             }
         };
         let mut linker = Linker::new(&engine);
@@ -69,6 +75,7 @@ impl WasmEngine {
         }
         Ok(Self {
             engine,
+            pooling,
             linker,
             cache_dir,
             cache_key,
@@ -106,7 +113,8 @@ impl WasmEngine {
             store_cached(path, &compiled);
         }
         // SAFETY: `compiled` was produced by this engine just above.
-        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| CompileError::Compile(format!("{e:#}")))
+        unsafe { Component::deserialize(&self.engine, &compiled) }
+            .map_err(|e| CompileError::Compile(format!("{e:#}")))
     }
 }
 
@@ -149,4 +157,29 @@ pub(crate) fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(d).join("spindle"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("spindle"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_starts_and_refuses_non_components() {
+        let dir = std::env::temp_dir().join(format!("spindle-engine-test-{}", std::process::id()));
+        let e = WasmEngine::new(Some(dir.clone())).expect("engine");
+        assert!(e.pooling, "the pooling allocator is available here");
+        assert!(matches!(
+            e.component(b"garbage!", "x"),
+            Err(CompileError::NotWasm)
+        ));
+        assert!(matches!(
+            e.component(b"\0asm\x01\0\0\0", "x"),
+            Err(CompileError::CoreModule)
+        ));
+        assert!(matches!(
+            e.component(b"\0asm\x0d\0\x01\0\xff\xff", "x"),
+            Err(CompileError::Compile(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Store;
 
 use super::bindings::exports::spindle::filter::filter::{
-    AttemptAction, AttemptOutcome, Endpoint as WitEndpoint, PickContext, RequestAction, RequestSummary,
+    AttemptAction, AttemptOutcome, Endpoint as WitEndpoint, PickContext, RequestAction,
+    RequestSummary,
 };
 use super::bindings::spindle::filter::types::Hooks;
 use super::bindings::{SpindleFilter, SpindleFilterPre};
@@ -110,10 +111,12 @@ impl FilterModule {
         bytes: &[u8],
     ) -> Result<Arc<FilterModule>, LoadError> {
         let sha256 = hex(&Sha256::digest(bytes));
-        let component = engine.component(bytes, &sha256).map_err(|source| LoadError::Compile {
-            path: path.clone(),
-            source,
-        })?;
+        let component = engine
+            .component(bytes, &sha256)
+            .map_err(|source| LoadError::Compile {
+                path: path.clone(),
+                source,
+            })?;
         let pre = engine
             .linker
             .instantiate_pre(&component)
@@ -241,7 +244,8 @@ impl FilterModule {
         let mut slot = self.checkout()?;
         self.calls.fetch_add(1, Ordering::Relaxed);
         slot.store.data_mut().req = req.take();
-        slot.store.set_epoch_deadline(self.spec.call_timeout_ms.max(1));
+        slot.store
+            .set_epoch_deadline(self.spec.call_timeout_ms.max(1));
         let result = f(&mut slot);
         *req = slot.store.data_mut().req.take();
         match result {
@@ -264,8 +268,15 @@ impl FilterModule {
         }
     }
 
-    pub(crate) fn on_request(&self, req: &mut Option<Box<RequestCtx>>) -> Result<RequestAction, FilterError> {
-        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_request(&mut s.store))
+    pub(crate) fn on_request(
+        &self,
+        req: &mut Option<Box<RequestCtx>>,
+    ) -> Result<RequestAction, FilterError> {
+        self.call(req, |s| {
+            s.bindings
+                .spindle_filter_filter()
+                .call_on_request(&mut s.store)
+        })
     }
 
     /// Asks the balancer for an endpoint, first bringing the instance's view
@@ -290,9 +301,11 @@ impl FilterModule {
                         weight: e.weight,
                     })
                     .collect();
-                s.bindings
-                    .spindle_filter_filter()
-                    .call_endpoints_changed(&mut s.store, &cluster.name, &list)?;
+                s.bindings.spindle_filter_filter().call_endpoints_changed(
+                    &mut s.store,
+                    &cluster.name,
+                    &list,
+                )?;
                 match known {
                     Some(i) => s.views[i].1 = healthy.generation,
                     None => s.views.push((cluster.name.clone(), healthy.generation)),
@@ -303,7 +316,9 @@ impl FilterModule {
                 attempt,
                 previous,
             };
-            s.bindings.spindle_filter_filter().call_pick_endpoint(&mut s.store, &ctx)
+            s.bindings
+                .spindle_filter_filter()
+                .call_pick_endpoint(&mut s.store, &ctx)
         })
     }
 
@@ -312,11 +327,19 @@ impl FilterModule {
         req: &mut Option<Box<RequestCtx>>,
         outcome: &AttemptOutcome,
     ) -> Result<AttemptAction, FilterError> {
-        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_attempt(&mut s.store, outcome))
+        self.call(req, |s| {
+            s.bindings
+                .spindle_filter_filter()
+                .call_on_attempt(&mut s.store, outcome)
+        })
     }
 
     pub(crate) fn on_response(&self, req: &mut Option<Box<RequestCtx>>) -> Result<(), FilterError> {
-        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_response(&mut s.store))
+        self.call(req, |s| {
+            s.bindings
+                .spindle_filter_filter()
+                .call_on_response(&mut s.store)
+        })
     }
 
     pub(crate) fn on_done(
@@ -324,7 +347,11 @@ impl FilterModule {
         req: &mut Option<Box<RequestCtx>>,
         summary: &RequestSummary,
     ) -> Result<(), FilterError> {
-        self.call(req, |s| s.bindings.spindle_filter_filter().call_on_done(&mut s.store, summary))
+        self.call(req, |s| {
+            s.bindings
+                .spindle_filter_filter()
+                .call_on_done(&mut s.store, summary)
+        })
     }
 }
 
@@ -335,10 +362,12 @@ enum InstantiateError {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// sha256 of a file's bytes, hex.

@@ -39,7 +39,12 @@ pub(crate) struct HostState {
 }
 
 impl wasmtime::ResourceLimiter for HostState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_exceeded = true;
             wasmtime::bail!(
@@ -51,7 +56,12 @@ impl wasmtime::ResourceLimiter for HostState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -99,13 +109,22 @@ impl Host for HostState {
     }
 
     fn method(&mut self) -> String {
-        self.req.as_ref().map(|r| r.head.method.to_string()).unwrap_or_default()
+        self.req
+            .as_ref()
+            .map(|r| r.head.method.to_string())
+            .unwrap_or_default()
     }
 
     fn path(&mut self) -> String {
         self.req
             .as_ref()
-            .map(|r| r.head.uri.path_and_query().map_or("/", |p| p.as_str()).to_string())
+            .map(|r| {
+                r.head
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string()
+            })
             .unwrap_or_default()
     }
 
@@ -123,11 +142,16 @@ impl Host for HostState {
     }
 
     fn authority(&mut self) -> Option<String> {
-        self.req.as_ref().and_then(|r| r.authority().map(str::to_string))
+        self.req
+            .as_ref()
+            .and_then(|r| r.authority().map(str::to_string))
     }
 
     fn client_address(&mut self) -> String {
-        self.req.as_ref().map(|r| r.client.to_string()).unwrap_or_default()
+        self.req
+            .as_ref()
+            .map(|r| r.client.to_string())
+            .unwrap_or_default()
     }
 
     fn request_header(&mut self, name: String) -> Option<String> {
@@ -137,7 +161,9 @@ impl Host for HostState {
     }
 
     fn request_header_all(&mut self, name: String) -> Vec<String> {
-        let Some(r) = self.req.as_ref() else { return Vec::new() };
+        let Some(r) = self.req.as_ref() else {
+            return Vec::new();
+        };
         r.head
             .headers
             .get_all(name.as_str())
@@ -177,7 +203,10 @@ impl Host for HostState {
     }
 
     fn request_id(&mut self) -> String {
-        self.req.as_ref().map(|r| r.request_id.clone()).unwrap_or_default()
+        self.req
+            .as_ref()
+            .map(|r| r.request_id.clone())
+            .unwrap_or_default()
     }
 
     fn request_var(&mut self, name: String) -> Option<String> {
@@ -195,7 +224,11 @@ impl Host for HostState {
         }
         let filter = self.filter.clone();
         let Some(r) = self.req.as_mut() else { return };
-        if let Some(slot) = r.vars.iter_mut().find(|(f, n, _)| *f == filter && *n == name) {
+        if let Some(slot) = r
+            .vars
+            .iter_mut()
+            .find(|(f, n, _)| *f == filter && *n == name)
+        {
             slot.2 = value;
         } else if r.vars.len() < MAX_VARS {
             r.vars.push((filter, name, value));
@@ -205,7 +238,11 @@ impl Host for HostState {
     }
 
     fn response_status(&mut self) -> Option<u16> {
-        self.req.as_ref()?.response.as_ref().map(|r| r.status.as_u16())
+        self.req
+            .as_ref()?
+            .response
+            .as_ref()
+            .map(|r| r.status.as_u16())
     }
 
     fn set_response_status(&mut self, status: u16) {
@@ -239,7 +276,9 @@ impl Host for HostState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 
     fn monotonic_ns(&mut self) -> u64 {
@@ -293,7 +332,12 @@ impl Host for HostState {
         self.filter_metrics.define(kind, &name, &help, &labels)
     }
 
-    fn record_metric(&mut self, id: u32, label_values: Vec<String>, value: f64) -> Result<(), String> {
+    fn record_metric(
+        &mut self,
+        id: u32,
+        label_values: Vec<String>,
+        value: f64,
+    ) -> Result<(), String> {
         self.filter_metrics.record(id, label_values, value)
     }
 
@@ -307,7 +351,13 @@ impl Host for HostState {
         }
     }
 
-    fn store_cas(&mut self, key: String, expected: Option<Vec<u8>>, new: Vec<u8>, ttl_ms: u64) -> bool {
+    fn store_cas(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: u64,
+    ) -> bool {
         match self.env.store.cas(key, expected.as_deref(), new, ttl_ms) {
             Ok(b) => b,
             Err(e) => {

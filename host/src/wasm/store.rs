@@ -75,7 +75,10 @@ impl SharedStore {
     pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
         let shard = self.shard(key);
-        shard.get(key).filter(|e| e.live(now)).map(|e| e.value.clone())
+        shard
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.value.clone())
     }
 
     pub(crate) fn set(&self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), StoreError> {
@@ -105,7 +108,10 @@ impl SharedStore {
         Self::check(&key, &new)?;
         let now = Instant::now();
         let mut shard = self.shard(&key);
-        let current = shard.get(&key).filter(|e| e.live(now)).map(|e| e.value.as_slice());
+        let current = shard
+            .get(&key)
+            .filter(|e| e.live(now))
+            .map(|e| e.value.as_slice());
         if current != expected {
             return Ok(false);
         }
@@ -162,13 +168,18 @@ impl SharedStore {
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         for s in &self.shards {
-            s.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, e| e.live(now));
+            s.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, e| e.live(now));
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 }
 
@@ -191,7 +202,10 @@ mod tests {
         assert_eq!(s.get("n"), Some(b"3".to_vec()));
         s.delete("n");
         assert_eq!(s.add("n".into(), 1, 0).unwrap(), 1);
-        assert_eq!(s.set("k".repeat(MAX_KEY_BYTES + 1), vec![], 0), Err(StoreError::KeyTooLong));
+        assert_eq!(
+            s.set("k".repeat(MAX_KEY_BYTES + 1), vec![], 0),
+            Err(StoreError::KeyTooLong)
+        );
     }
 
     #[test]
@@ -202,7 +216,11 @@ mod tests {
         assert!(s.get("a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(s.get("a"), None);
-        assert_eq!(s.add("c".into(), 1, 20).unwrap(), 1, "expired counter restarts");
+        assert_eq!(
+            s.add("c".into(), 1, 20).unwrap(),
+            1,
+            "expired counter restarts"
+        );
         s.sweep();
         assert_eq!(s.len(), 1);
     }
