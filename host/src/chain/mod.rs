@@ -317,6 +317,8 @@ impl Run<'_> {
             }
             Outcome::Local(r) => r.into_parts(),
         };
+        // The downstream connection's protocol, not the upstream's.
+        parts.version = self.ctx().head.version;
         if !self.chain.has_response_hooks {
             return Response::from_parts(parts, body);
         }

@@ -1,0 +1,184 @@
+use std::time::Duration;
+
+use serde_json::json;
+use spindle_sdk::testing::{MockHost, TestFilter, TestRequest};
+use spindle_sdk::{Action, AttemptAction, AttemptError, AttemptOutcome, Filter, Hooks};
+
+use crate::{Retry, idempotent};
+
+fn load(host: &MockHost, config: serde_json::Value) -> TestFilter<Retry> {
+    host.load::<Retry>(config).expect("config is valid")
+}
+
+fn status(attempt: u32, status: u16) -> AttemptOutcome {
+    AttemptOutcome::response("api", 1, attempt, status)
+}
+
+fn failed(attempt: u32, error: AttemptError) -> AttemptOutcome {
+    AttemptOutcome::failed("api", 1, attempt, error)
+}
+
+fn retries(action: AttemptAction) -> bool {
+    matches!(action, AttemptAction::Retry(_))
+}
+
+#[test]
+fn hooks_depend_on_the_per_try_timeout() {
+    assert_eq!(
+        <Retry as Filter>::HOOKS,
+        Hooks::REQUEST.union(Hooks::ATTEMPT)
+    );
+    let host = MockHost::new();
+    assert_eq!(load(&host, json!({})).hooks(), Hooks::ATTEMPT);
+    let with_timeout = load(&host, json!({"per_try_timeout_ms": 1500}));
+    assert_eq!(with_timeout.hooks(), Hooks::REQUEST.union(Hooks::ATTEMPT));
+}
+
+#[test]
+fn sets_the_per_try_timeout() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({"per_try_timeout_ms": 1500}));
+    host.start_request(TestRequest::get("/"));
+    assert_eq!(r.on_request(), Action::Continue);
+    assert_eq!(host.per_try_timeout(), Some(Duration::from_millis(1500)));
+}
+
+#[test]
+fn default_conditions() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({}));
+    host.start_request(TestRequest::get("/"));
+    for error in [AttemptError::ConnectFailure, AttemptError::Reset] {
+        assert!(retries(r.on_attempt(&failed(1, error))), "{error:?}");
+    }
+    for code in [502, 503, 504] {
+        assert!(retries(r.on_attempt(&status(1, code))), "{code}");
+    }
+    assert!(!retries(r.on_attempt(&failed(1, AttemptError::Timeout))));
+    assert!(!retries(r.on_attempt(&failed(1, AttemptError::Other))));
+    for code in [200, 404, 500, 501] {
+        assert!(!retries(r.on_attempt(&status(1, code))), "{code}");
+    }
+}
+
+#[test]
+fn configured_conditions() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({"retry_on": ["5xx", "timeout"]}));
+    host.start_request(TestRequest::get("/"));
+    assert!(retries(r.on_attempt(&status(1, 500))));
+    assert!(retries(r.on_attempt(&status(1, 599))));
+    assert!(!retries(r.on_attempt(&status(1, 499))));
+    assert!(retries(r.on_attempt(&failed(1, AttemptError::Timeout))));
+    assert!(!retries(
+        r.on_attempt(&failed(1, AttemptError::ConnectFailure))
+    ));
+}
+
+#[test]
+fn stops_when_attempts_are_exhausted() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({"attempts": 3}));
+    host.start_request(TestRequest::get("/"));
+    assert!(retries(r.on_attempt(&status(1, 503))));
+    assert!(retries(r.on_attempt(&status(2, 503))));
+    assert_eq!(r.on_attempt(&status(3, 503)), AttemptAction::Done);
+    let mut once = load(&host, json!({"attempts": 1}));
+    assert_eq!(once.on_attempt(&status(1, 503)), AttemptAction::Done);
+}
+
+#[test]
+fn only_idempotent_methods_by_default() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({}));
+    host.start_request(TestRequest::new("POST", "/orders"));
+    assert_eq!(r.on_attempt(&status(1, 503)), AttemptAction::Done);
+    let mut any = load(&host, json!({"retry_non_idempotent": true}));
+    assert!(retries(any.on_attempt(&status(1, 503))));
+    assert!(idempotent("PUT") && idempotent("DELETE") && !idempotent("PATCH"));
+}
+
+#[test]
+fn never_when_the_body_cannot_be_replayed() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({}));
+    host.start_request(TestRequest::get("/"));
+    let mut outcome = failed(1, AttemptError::ConnectFailure);
+    outcome.retryable_body = false;
+    assert_eq!(r.on_attempt(&outcome), AttemptAction::Done);
+}
+
+#[test]
+fn backoff_is_capped_exponential_with_full_jitter() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"attempts": 10, "backoff_base_ms": 25, "backoff_max_ms": 250}),
+    );
+    host.start_request(TestRequest::get("/"));
+    // The largest draw gives the cap: 25, 50, 100, 200, 250, 250.
+    let caps: Vec<Duration> = (1..=6)
+        .map(|attempt| {
+            host.queue_random([u64::MAX]);
+            match r.on_attempt(&status(attempt, 503)) {
+                AttemptAction::Retry(delay) => delay,
+                AttemptAction::Done => panic!("no retry"),
+            }
+        })
+        .collect();
+    let ms: Vec<u128> = caps.iter().map(Duration::as_millis).collect();
+    assert_eq!(ms, [25, 50, 100, 200, 250, 250]);
+    host.queue_random([0]);
+    assert_eq!(
+        r.on_attempt(&status(1, 503)),
+        AttemptAction::Retry(Duration::ZERO)
+    );
+    for _ in 0..200 {
+        match r.on_attempt(&status(2, 503)) {
+            AttemptAction::Retry(d) => assert!(d <= Duration::from_millis(50)),
+            AttemptAction::Done => panic!("no retry"),
+        }
+    }
+}
+
+#[test]
+fn retries_are_counted() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({}));
+    host.start_request(TestRequest::get("/"));
+    r.on_attempt(&status(1, 503));
+    r.on_attempt(&failed(1, AttemptError::Reset));
+    r.on_attempt(&status(1, 200));
+    assert_eq!(
+        host.counter("retries_total", &["api", "gateway-error"]),
+        1.0
+    );
+    assert_eq!(host.counter("retries_total", &["api", "reset"]), 1.0);
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let host = MockHost::new();
+    let err = |config| host.load::<Retry>(config).unwrap_err().to_string();
+    assert!(
+        err(json!({"atempts": 3}))
+            .starts_with("unknown field `atempts`, expected one of `attempts`")
+    );
+    assert!(
+        err(json!({"retry_on": ["5xx", "gateway"]}))
+            .starts_with("retry_on[1]: unknown variant `gateway`")
+    );
+    assert_eq!(
+        err(json!({"attempts": 0})),
+        "attempts: must be at least 1 (the first attempt counts)"
+    );
+    assert_eq!(
+        err(json!({"backoff_base_ms": 100, "backoff_max_ms": 50})),
+        "backoff_max_ms: 50 is less than backoff_base_ms (100)"
+    );
+    assert_eq!(
+        err(json!({"budget_percent": 120})),
+        "budget_percent: 120 is not between 0 and 100"
+    );
+    assert!(host.load::<Retry>(json!({"budget_percent": 20})).is_ok());
+}

@@ -1,0 +1,22 @@
+//! Host-kept endpoint and cluster statistics, and ejection.
+
+use std::time::Duration;
+
+use crate::sys;
+use crate::types::{ClusterStats, EndpointStats, millis_u32};
+
+/// Statistics of one endpoint; `None` when the id is unknown.
+pub fn endpoint_stats(id: u32) -> Option<EndpointStats> {
+    sys::endpoint_stats(id)
+}
+
+/// Statistics of one cluster; `None` when the name is unknown.
+pub fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
+    sys::cluster_stats(cluster)
+}
+
+/// Ejects an endpoint from its cluster's balancing set for `duration` (whole milliseconds,
+/// saturating at `u32::MAX` ms). Returns false when the endpoint is unknown.
+pub fn eject_endpoint(id: u32, duration: Duration) -> bool {
+    sys::eject_endpoint(id, millis_u32(duration))
+}

@@ -1,0 +1,137 @@
+//! The glue `#[spindle_sdk::filter]` expands to: the component's `filter` export, implemented
+//! once for every [`Filter`]. Not a stable API.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::filter::{Filter, Hooks};
+use crate::runtime;
+use crate::types::{
+    Action, AttemptAction, AttemptError, AttemptOutcome, Endpoint, PickContext, RequestSummary,
+    millis_u32,
+};
+use crate::wit::exports::spindle::filter::filter::Guest;
+use crate::wit::spindle::filter::types as wt;
+
+#[doc(hidden)]
+pub use crate::wit::__export_spindle_filter as export;
+
+/// Implements the component's `filter` export for `F`.
+#[doc(hidden)]
+pub struct Adapter<F>(PhantomData<F>);
+
+thread_local! {
+    // The instance's filter, set by `init`. A component instance is single-threaded and the host
+    // never re-enters it, so the borrow below is never contended.
+    static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the instance's filter; `default` before a successful `init`.
+fn with<F: Filter, R>(default: R, f: impl FnOnce(&mut F) -> R) -> R {
+    INSTANCE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match slot.as_mut().and_then(|b| b.downcast_mut::<F>()) {
+            Some(filter) => f(filter),
+            None => default,
+        }
+    })
+}
+
+fn hooks_to_wit(hooks: Hooks) -> wt::Hooks {
+    let mut out = wt::Hooks::empty();
+    for (ours, theirs) in [
+        (Hooks::REQUEST, wt::Hooks::REQUEST),
+        (Hooks::PICK, wt::Hooks::PICK),
+        (Hooks::ATTEMPT, wt::Hooks::ATTEMPT),
+        (Hooks::RESPONSE, wt::Hooks::RESPONSE),
+        (Hooks::DONE, wt::Hooks::DONE),
+    ] {
+        if hooks.contains(ours) {
+            out |= theirs;
+        }
+    }
+    out
+}
+
+impl<F: Filter> Guest for Adapter<F> {
+    fn init(config: String) -> Result<wt::Hooks, String> {
+        let filter = runtime::init::<F>(&config).map_err(|e| e.to_string())?;
+        let hooks = runtime::hooks(&filter);
+        INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
+        Ok(hooks_to_wit(hooks))
+    }
+
+    fn on_request() -> wt::RequestAction {
+        match with(Action::Continue, runtime::on_request::<F>) {
+            Action::Continue => wt::RequestAction::Continue,
+            Action::Respond(reply) => wt::RequestAction::Respond(wt::LocalReply {
+                status: reply.status,
+                headers: reply.headers,
+                body: reply.body,
+            }),
+        }
+    }
+
+    fn endpoints_changed(cluster: String, endpoints: Vec<wt::Endpoint>) {
+        let endpoints: Vec<Endpoint> = endpoints
+            .into_iter()
+            .map(|e| Endpoint {
+                id: e.id,
+                address: e.address,
+                weight: e.weight,
+            })
+            .collect();
+        with((), |f: &mut F| {
+            runtime::endpoints_changed(f, &cluster, &endpoints)
+        });
+    }
+
+    fn pick_endpoint(ctx: wt::PickContext) -> Option<u32> {
+        let ctx = PickContext {
+            cluster: ctx.cluster,
+            attempt: ctx.attempt,
+            previous: ctx.previous,
+        };
+        with(None, |f: &mut F| runtime::pick_endpoint(f, &ctx))
+    }
+
+    fn on_attempt(outcome: wt::AttemptOutcome) -> wt::AttemptAction {
+        let outcome = AttemptOutcome {
+            cluster: outcome.cluster,
+            endpoint: outcome.endpoint,
+            attempt: outcome.attempt,
+            status: outcome.status,
+            error: outcome.error.map(|e| match e {
+                wt::AttemptError::ConnectFailure => AttemptError::ConnectFailure,
+                wt::AttemptError::Reset => AttemptError::Reset,
+                wt::AttemptError::Timeout => AttemptError::Timeout,
+                wt::AttemptError::Other => AttemptError::Other,
+            }),
+            latency: Duration::from_nanos(outcome.latency_ns),
+            retryable_body: outcome.retryable_body,
+        };
+        match with(AttemptAction::Done, |f: &mut F| {
+            runtime::on_attempt(f, &outcome)
+        }) {
+            AttemptAction::Done => wt::AttemptAction::Done,
+            AttemptAction::Retry(delay) => wt::AttemptAction::Retry(millis_u32(delay)),
+        }
+    }
+
+    fn on_response() {
+        with((), runtime::on_response::<F>);
+    }
+
+    fn on_done(summary: wt::RequestSummary) {
+        let summary = RequestSummary {
+            status: summary.status,
+            cluster: summary.cluster,
+            endpoint: summary.endpoint,
+            attempts: summary.attempts,
+            duration: Duration::from_nanos(summary.duration_ns),
+        };
+        with((), |f: &mut F| runtime::on_done(f, &summary));
+    }
+}
