@@ -214,11 +214,8 @@ fn build(
                 metrics.filter_reload(name, false);
                 let msg = match &e {
                     LoadError::Config { message } => {
-                        let line = spec
-                            .config
-                            .as_ref()
-                            .map(|c| config.line_of(c.span().start))
-                            .unwrap_or_else(|| config.line_of(spanned.span().start));
+                        let span = spec.config.as_ref().map_or(spanned.span(), |c| c.span());
+                        let line = config.line_of(key_offset(&config.text, span, message));
                         format!(
                             "{}:{line}: filter `{name}`: config: {}",
                             config.path.display(),
@@ -342,4 +339,64 @@ fn hook_names(h: Hooks) -> Vec<&'static str> {
         .filter(|(f, _)| h.contains(*f))
         .map(|(_, n)| *n)
         .collect()
+}
+
+/// Where in `span` the key a filter's config error is about stands, so that
+/// the error names the key's own line; the span's start when not found.
+fn key_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usize {
+    let key = message
+        .split_once("unknown field `")
+        .or_else(|| message.split_once("missing field `"))
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| k);
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return span.start;
+    };
+    // A `[table]` header's span may cover only the header: look on to the
+    // next table.
+    let rest = text.get(span.start..).unwrap_or("");
+    let table_end = rest
+        .get(1..)
+        .and_then(|r| r.find("\n[").map(|i| span.start + 1 + i))
+        .unwrap_or(text.len());
+    let end = span.end.max(table_end).min(text.len());
+    let region = text.get(span.start..end).unwrap_or("");
+    let mut from = 0;
+    while let Some(i) = region[from..].find(key) {
+        let at = from + i;
+        let before = region[..at].chars().next_back();
+        let after = region[at + key.len()..].trim_start();
+        let starts_key =
+            before.is_none_or(|c| c.is_whitespace() || c == '{' || c == ',' || c == '"');
+        let after = after.strip_prefix('"').unwrap_or(after).trim_start();
+        if starts_key && after.starts_with('=') {
+            return span.start + at;
+        }
+        from = at + key.len();
+    }
+    span.start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_offset;
+
+    #[test]
+    fn finds_the_line_of_an_unknown_key() {
+        let text = "[filter.retry.config]\nattempts2 = 1\natempts = 3\n";
+        let at = key_offset(
+            text,
+            0..text.len(),
+            "unknown field `atempts`, expected `attempts`",
+        );
+        assert_eq!(&text[at..at + 7], "atempts");
+        let inline = "config = { x = 1, atempts = 3 }";
+        let at = key_offset(
+            inline,
+            9..inline.len(),
+            "routes[0]: unknown field `atempts`",
+        );
+        assert_eq!(&inline[at..at + 7], "atempts");
+        assert_eq!(key_offset(text, 3..text.len(), "something else"), 3);
+    }
 }

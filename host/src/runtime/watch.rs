@@ -17,6 +17,8 @@ use super::Proxy;
 
 /// Quiet time after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Longest wait between the first event of a burst and the reload.
+const MAX_DELAY: Duration = Duration::from_millis(400);
 
 /// Watches until the process ends. Returns an error only if no watcher can
 /// be created at all.
@@ -39,10 +41,15 @@ pub(crate) fn watch(proxy: Arc<Proxy>) -> anyhow::Result<()> {
             if !files.contains(&path) {
                 continue;
             }
-            // Debounce: wait until events stop for a moment.
+            // Debounce: wait until events stop for a moment, but never
+            // longer than MAX_DELAY, so a file that keeps changing still
+            // goes live within a second.
+            let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(_)) => continue,
+                let quiet = tokio::time::Instant::now() + DEBOUNCE;
+                match tokio::time::timeout_at(quiet.min(deadline), rx.recv()).await {
+                    Ok(Some(_)) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(Some(_)) => break,
                     Ok(None) => return,
                     Err(_) => break,
                 }

@@ -1,0 +1,84 @@
+//! Process lifecycle and the admin listener: ready, config and clusters JSON, graceful drain.
+
+use std::time::Duration;
+
+use spindle_tests::config::{cluster, head, round_robin, router_all_to};
+use spindle_tests::{Client, Spindle, Upstream, bounded, wait_until};
+
+fn config() -> String {
+    head(&["router", "balancer"]) + &router_all_to("api") + &round_robin() + &cluster("api", &["a"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_describe_the_running_proxy() {
+    bounded(Duration::from_secs(120), async {
+        let a = Upstream::start("a").await;
+        let sp = Spindle::start(&config(), &[&a]).await;
+
+        let ready = sp.admin_get("/ready").await.unwrap();
+        assert_eq!(ready.status, 200, "{ready:?}");
+
+        let resp = Client::new()
+            .get(&format!("{}/x", sp.url("edge")), &[])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+
+        let config = sp.admin_get("/config").await.unwrap();
+        assert_eq!(config.status, 200, "{config:?}");
+        let json: serde_json::Value = serde_json::from_str(&config.body).expect("/config is JSON");
+        let text = json.to_string();
+        assert!(text.contains("router.wasm"), "module paths: {text}");
+        assert!(text.contains("sha256"), "module hashes: {text}");
+
+        let clusters = sp.admin_get("/clusters").await.unwrap();
+        assert_eq!(clusters.status, 200, "{clusters:?}");
+        let json: serde_json::Value =
+            serde_json::from_str(&clusters.body).expect("/clusters is JSON");
+        assert!(json.to_string().contains(&a.address()), "{json}");
+
+        let metrics = sp.metrics_text().await;
+        for name in [
+            "spindle_requests_total",
+            "spindle_upstream_requests_total",
+            "spindle_request_duration_seconds",
+        ] {
+            assert!(metrics.contains(name), "/metrics has {name}:\n{metrics}");
+        }
+        assert_eq!(
+            sp.metric(
+                "spindle_requests_total",
+                &[("listener", "edge"), ("code", "200")]
+            )
+            .await,
+            Some(1.0)
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    bounded(Duration::from_secs(120), async {
+        let a = Upstream::start("a").await;
+        a.delay(Duration::from_millis(1500));
+        let mut sp = Spindle::start(&config(), &[&a]).await;
+        let url = format!("{}/slow", sp.url("edge"));
+        let in_flight = tokio::spawn(async move { Client::new().get(&url, &[]).await });
+        assert!(wait_until(Duration::from_secs(10), || async { a.count() == 1 }).await);
+
+        sp.sigterm();
+        let resp = in_flight
+            .await
+            .unwrap()
+            .expect("in-flight request completes");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.upstream(), Some("a"));
+        let status = sp
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("spindle exits after draining");
+        assert!(status.success(), "exit status {status:?}");
+    })
+    .await
+}
