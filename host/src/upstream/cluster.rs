@@ -146,6 +146,8 @@ impl Drop for InFlight {
     }
 }
 
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// The members of a cluster that may be picked, with the generation they belong to.
 pub(crate) struct Healthy {
     pub(crate) generation: u64,
@@ -158,7 +160,6 @@ pub(crate) struct Cluster {
     pub(crate) settings: ArcSwap<ClusterConfig>,
     members: ArcSwap<Vec<Arc<Endpoint>>>,
     healthy: ArcSwap<Healthy>,
-    generation: AtomicU64,
     /// Earliest ejection expiry among members (u64::MAX: none).
     next_expiry_ms: AtomicU64,
     client: ArcSwap<Client<HttpConnector, UpBody>>,
@@ -212,7 +213,9 @@ impl Cluster {
                 .all(|(a, b)| a.id == b.id);
         self.next_expiry_ms.store(next, Ordering::Relaxed);
         if !same {
-            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            // Generations come from one process-wide counter, so a cluster
+            // removed and added again never repeats one an instance has seen.
+            let generation = NEXT_GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
             self.healthy.store(Arc::new(Healthy {
                 generation,
                 endpoints,
@@ -298,7 +301,6 @@ impl Upstreams {
                         generation: 0,
                         endpoints: Vec::new(),
                     }),
-                    generation: AtomicU64::new(0),
                     next_expiry_ms: AtomicU64::new(u64::MAX),
                     client: ArcSwap::from_pointee(build_client(cfg)),
                     retries: AtomicU64::new(0),
