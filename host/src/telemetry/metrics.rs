@@ -46,8 +46,9 @@ impl Histogram {
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        let braced = braced(labels);
+        let _ = writeln!(out, "{name}_sum{braced} {sum}");
+        let _ = writeln!(out, "{name}_count{braced} {count}");
     }
 }
 
@@ -178,7 +179,7 @@ impl Metrics {
         for (r, v) in lock(&self.config_reloads).iter() {
             let _ = writeln!(out, "spindle_config_reloads_total{{result=\"{r}\"}} {v}");
         }
-        out.push_str("# HELP spindle_filter_errors_total Filter failures (trap, deadline, memory, instantiate, bad_answer), by filter and kind.\n");
+        out.push_str("# HELP spindle_filter_errors_total Filter failures (trap, deadline, memory, instantiate), by filter and kind.\n");
         out.push_str("# TYPE spindle_filter_errors_total counter\n");
         for ((f, k), v) in lock(&self.filter_errors).iter() {
             let _ = writeln!(
@@ -364,7 +365,7 @@ impl FilterMetrics {
                 let labels = labels.join(",");
                 match fam.kind {
                     Kind::Counter | Kind::Gauge => {
-                        let _ = writeln!(out, "{}{{{labels}}} {}", fam.name, v.value);
+                        let _ = writeln!(out, "{}{} {}", fam.name, braced(&labels), v.value);
                     }
                     Kind::Histogram => {
                         let sep = if labels.is_empty() { "" } else { "," };
@@ -382,12 +383,21 @@ impl FilterMetrics {
                             "{}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
                             fam.name, v.count
                         );
-                        let _ = writeln!(out, "{}_sum{{{labels}}} {}", fam.name, v.value);
-                        let _ = writeln!(out, "{}_count{{{labels}}} {}", fam.name, v.count);
+                        let _ = writeln!(out, "{}_sum{} {}", fam.name, braced(&labels), v.value);
+                        let _ = writeln!(out, "{}_count{} {}", fam.name, braced(&labels), v.count);
                     }
                 }
             }
         }
+    }
+}
+
+/// `{labels}`, or nothing for an empty label set.
+fn braced(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
     }
 }
 
@@ -454,10 +464,7 @@ mod tests {
             text.contains("spindle_filter_hello_size_bucket{le=\"1\"} 1"),
             "{text}"
         );
-        assert!(
-            text.contains("spindle_filter_hello_size_count{} 1"),
-            "{text}"
-        );
+        assert!(text.contains("spindle_filter_hello_size_count 1"), "{text}");
     }
 
     #[test]

@@ -469,45 +469,38 @@ impl Collector for Upstreams {
                 }
             }
         }
-        out.push_str(
-            "# HELP spindle_endpoint_ejected 1 while the endpoint is ejected from its cluster.\n",
-        );
-        out.push_str("# TYPE spindle_endpoint_ejected gauge\n");
-        for n in &names {
-            for e in clusters[*n].members().iter() {
-                let _ = writeln!(
-                    out,
-                    "spindle_endpoint_ejected{{cluster=\"{}\",endpoint=\"{}\"}} {}",
-                    escape(n),
-                    escape(&e.address),
-                    u8::from(e.is_ejected(now))
-                );
-            }
-        }
-        out.push_str("# HELP spindle_endpoint_ejections_total Times the endpoint was ejected.\n");
-        out.push_str("# TYPE spindle_endpoint_ejections_total counter\n");
-        for n in &names {
-            for e in clusters[*n].members().iter() {
-                let _ = writeln!(
-                    out,
-                    "spindle_endpoint_ejections_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
-                    escape(n),
-                    escape(&e.address),
-                    e.ejections.load(Ordering::Relaxed)
-                );
-            }
-        }
-        out.push_str("# HELP spindle_upstream_in_flight Requests in flight to the endpoint.\n");
-        out.push_str("# TYPE spindle_upstream_in_flight gauge\n");
-        for n in &names {
-            for e in clusters[*n].members().iter() {
-                let _ = writeln!(
-                    out,
-                    "spindle_upstream_in_flight{{cluster=\"{}\",endpoint=\"{}\"}} {}",
-                    escape(n),
-                    escape(&e.address),
-                    e.in_flight.load(Ordering::Relaxed)
-                );
+        let gauges: [(&str, &str, &str, fn(&Endpoint, u64) -> u64); 3] = [
+            (
+                "spindle_endpoint_ejected",
+                "gauge",
+                "1 while the endpoint is ejected from its cluster.",
+                |e, now| u64::from(e.is_ejected(now)),
+            ),
+            (
+                "spindle_endpoint_ejections_total",
+                "counter",
+                "Times the endpoint was ejected.",
+                |e, _| e.ejections.load(Ordering::Relaxed),
+            ),
+            (
+                "spindle_upstream_in_flight",
+                "gauge",
+                "Requests in flight to the endpoint.",
+                |e, _| u64::from(e.in_flight.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for n in &names {
+                for e in clusters[*n].members().iter() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                        escape(n),
+                        escape(&e.address),
+                        value(e, now)
+                    );
+                }
             }
         }
         out.push_str(
