@@ -1,4 +1,4 @@
-//! Write [Spindle](https://github.com/spindle-proxy/spindle) proxy filters in Rust.
+//! Write filters for Spindle, the WebAssembly-programmable HTTP proxy, in Rust.
 //!
 //! A filter is a type that implements [`Filter`]: a typed config read with serde, and the hooks it
 //! cares about. `#[spindle_sdk::filter]` on the `impl` block declares those hooks to the host (the
