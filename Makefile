@@ -8,7 +8,8 @@ COMPONENTIZE := target/debug/spindle-componentize
 # crate name -> output name
 FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-retry:retry spindle-filter-breaker:breaker \
-	spindle-filter-testbed:testbed hello-filter:hello
+	spindle-filter-testbed:testbed hello-filter:hello \
+	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
 .PHONY: all setup build filters host demo test fmt-check clippy unit readme clean

@@ -2,8 +2,18 @@
 //!
 //! ```toml
 //! [filter.balancer]
-//! config = { policy = "round_robin" }   # round_robin | random | least_request
+//! config = { policy = "round_robin" }   # round_robin | random | least_request | ewma | ring_hash
+//! # config = { policy = "ring_hash", hash_header = "x-user", points_per_weight = 160 }
+//! # config = { policy = "ewma", decay_ms = 10000, default_rtt_ms = 30 }
 //! ```
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `policy` | `round_robin` | the balancing policy, below |
+//! | `hash_header` | none | `ring_hash` only: the request header whose value is hashed |
+//! | `points_per_weight` | 160 | `ring_hash` only: ring points per unit of endpoint weight (1 to 65536) |
+//! | `decay_ms` | 10000 | `ewma` only: the time constant of the latency estimate's decay |
+//! | `default_rtt_ms` | 30 | `ewma` only: the latency assumed for an endpoint never measured |
 //!
 //! - `round_robin` (default): smooth weighted round robin, nginx-style. An endpoint of weight 5
 //!   next to two of weight 1 is picked `a a b a c a a`, never five times in a row. The schedule
@@ -11,19 +21,42 @@
 //!   the host's shared store, so the order holds across the host's pool of instances (each hook
 //!   may run in a different one). Weights are reduced by their gcd, and a schedule longer than
 //!   4096 picks is scaled down proportionally (every endpoint keeps at least one slot).
-//! - `random`: weighted random, with the host's randomness.
+//! - `random`: weighted random, with the host's randomness (a binary search over cumulative
+//!   weights).
 //! - `least_request`: power of two choices on the host's in-flight counts: two distinct
 //!   endpoints drawn at random, the one with fewer requests in flight per unit of weight wins.
-//! - `ring_hash` and `ewma` are refused at init: not implemented yet.
+//! - `ewma`: power of two choices on peak-EWMA latency, linkerd2-proxy's policy: the one with the
+//!   lower `latency estimate * (in_flight + 1) / weight` wins. The estimate is built from the
+//!   host's per-attempt EWMA (`ewma_ns` of the endpoint stats): a higher value is taken at once,
+//!   a lower one blended in with weight `1 - exp(-elapsed / decay_ms)`, and without new
+//!   attempts the estimate decays towards zero at that rate, so that an endpoint that was slow
+//!   once is tried again later. An endpoint never measured costs `default_rtt_ms`. The
+//!   estimates are cached per instance (see `ewma.rs`).
+//! - `ring_hash`: consistent hashing (a Ketama-style ring) on the value of `hash_header`; when
+//!   the header is absent or not configured, on the client's IP address (without its port). Each
+//!   endpoint gets `weight * points_per_weight` points, scaled down proportionally when the ring
+//!   would exceed 65536 points (every endpoint keeps one); the points are hashes of the endpoint's address, so when one of `n`
+//!   endpoints joins or leaves only about `1/n` of the keys move. The ring is rebuilt when the
+//!   endpoints change; a pick is a binary search. A retry (`attempt` n) walks on clockwise to the
+//!   n-th distinct endpoint from the key's point, never the one that just failed.
 //!
 //! The endpoints of a cluster come from `endpoints_changed` (ejected ones are left out). On a
 //! retry, the endpoint of the failed attempt is never picked again when another one exists. A
-//! cluster with no endpoint gives no pick (the host answers 503).
+//! cluster with no endpoint gives no pick (the host answers 503). No policy copies the endpoint
+//! list per pick: picks cost about the same over 3 endpoints or 1,000 (a binary search for
+//! `ring_hash` and `random`, a constant amount of work for the others; `benches/pick.rs`
+//! measures it).
+
+mod ewma;
+mod ring;
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use spindle_sdk::{Endpoint, Filter, InitError, PickContext, endpoints, random, store};
+use spindle_sdk::{Endpoint, Filter, InitError, PickContext, endpoints, random, store, time};
+
+use crate::ewma::Estimate;
+use crate::ring::Ring;
 
 /// The longest round-robin schedule kept per cluster.
 const MAX_SCHEDULE: u64 = 4096;
@@ -39,22 +72,41 @@ pub enum Policy {
     Random,
     /// Power of two choices on in-flight requests, weight-aware.
     LeastRequest,
-    /// Consistent hashing on a header (not implemented yet).
+    /// Consistent hashing on a header, else the client address; weighted.
     RingHash,
-    /// Lowest latency average (not implemented yet).
+    /// Power of two choices on peak-EWMA latency times in-flight requests, weight-aware.
     Ewma,
 }
 
+fn default_points_per_weight() -> u32 {
+    ring::DEFAULT_POINTS_PER_WEIGHT
+}
+fn default_decay_ms() -> u32 {
+    10_000
+}
+fn default_rtt_ms() -> u32 {
+    30
+}
+
 /// The balancer's config.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The policy (default `round_robin`).
     #[serde(default)]
     pub policy: Policy,
-    /// The header `ring_hash` hashes on.
+    /// The header `ring_hash` hashes on (absent: the client's IP address).
     #[serde(default)]
     pub hash_header: Option<String>,
+    /// `ring_hash`: ring points per unit of endpoint weight.
+    #[serde(default)]
+    pub points_per_weight: Option<u32>,
+    /// `ewma`: the decay time constant of latency estimates, in milliseconds.
+    #[serde(default)]
+    pub decay_ms: Option<u32>,
+    /// `ewma`: the latency of an endpoint never measured, in milliseconds.
+    #[serde(default)]
+    pub default_rtt_ms: Option<u32>,
 }
 
 /// What this instance knows of one cluster.
@@ -65,17 +117,25 @@ struct Table {
     cumulative: Vec<u64>,
     /// Indices into `endpoints`, one period of smooth weighted round robin.
     schedule: Vec<usize>,
+    /// The hash ring, for `ring_hash`.
+    ring: Ring,
+    /// Latency estimates by endpoint id, for `ewma` (kept across endpoint changes).
+    estimates: HashMap<u32, Estimate>,
 }
 
 /// The balancer filter.
 #[derive(Debug)]
 pub struct Balancer {
     policy: Policy,
+    hash_header: Option<String>,
+    points_per_weight: u32,
+    ewma: ewma::Params,
     tables: HashMap<String, Table>,
 }
 
 impl Table {
-    fn new(policy: Policy, endpoints: &[Endpoint]) -> Table {
+    fn new(balancer: &Balancer, endpoints: &[Endpoint], previous: Option<Table>) -> Table {
+        let policy = balancer.policy;
         let mut total = 0u64;
         let cumulative = endpoints
             .iter()
@@ -89,10 +149,20 @@ impl Table {
         } else {
             Vec::new()
         };
+        let ring = if policy == Policy::RingHash {
+            Ring::new(endpoints, balancer.points_per_weight)
+        } else {
+            Ring::default()
+        };
+        // Keep the estimates of the endpoints that stay.
+        let mut estimates = previous.map(|t| t.estimates).unwrap_or_default();
+        estimates.retain(|id, _| endpoints.iter().any(|e| e.id == *id));
         Table {
             endpoints: endpoints.to_vec(),
             cumulative,
             schedule,
+            ring,
+            estimates,
         }
     }
 
@@ -137,6 +207,29 @@ fn smooth_schedule(endpoints: &[Endpoint]) -> Vec<usize> {
     schedule
 }
 
+/// Two distinct indices in `0..len` other than `avoid`, drawn uniformly; one when only one
+/// exists. Constant work whatever `len`: no candidate list is built.
+fn two_choices(len: usize, avoid: Option<usize>) -> Option<(usize, Option<usize>)> {
+    let n = len - usize::from(avoid.is_some_and(|a| a < len));
+    // Index `k` among the candidates is `k`, or `k + 1` from `avoid` on.
+    let skip = |k: usize| match avoid {
+        Some(a) if k >= a => k + 1,
+        _ => k,
+    };
+    match n {
+        0 => None,
+        1 => Some((skip(0), None)),
+        _ => {
+            let first = random::below(n as u64) as usize;
+            let mut second = random::below(n as u64 - 1) as usize;
+            if second >= first {
+                second += 1;
+            }
+            Some((skip(first), Some(skip(second))))
+        }
+    }
+}
+
 impl Balancer {
     fn round_robin(cluster: &str, table: &Table, avoid: Option<usize>) -> Option<usize> {
         let len = table.schedule.len();
@@ -158,37 +251,24 @@ impl Balancer {
         let weight_of =
             |i: usize| table.cumulative[i] - if i == 0 { 0 } else { table.cumulative[i - 1] };
         let skipped = avoid.map_or(0, weight_of);
-        let roll = random::below(total - skipped);
-        // Walk the cumulative weights as if `avoid` were not there.
-        let mut seen = 0;
-        for i in 0..table.endpoints.len() {
-            if Some(i) == avoid {
-                continue;
-            }
-            seen += weight_of(i);
-            if roll < seen {
-                return Some(i);
-            }
+        let mut roll = random::below(total - skipped);
+        // Draw as if `avoid` were not there: skip over its share of the cumulative weights.
+        if let Some(a) = avoid
+            && roll >= table.cumulative[a] - weight_of(a)
+        {
+            roll += weight_of(a);
         }
-        avoid
+        // A binary search: no walk over the endpoints.
+        let index = table.cumulative.partition_point(|&c| c <= roll);
+        (index < table.endpoints.len()).then_some(index).or(avoid)
     }
 
     fn least_request(table: &Table, avoid: Option<usize>) -> Option<usize> {
-        let candidates: Vec<usize> = (0..table.endpoints.len())
-            .filter(|&i| Some(i) != avoid)
-            .collect();
-        match candidates.len() {
-            0 => return avoid,
-            1 => return Some(candidates[0]),
-            _ => {}
-        }
-        let n = candidates.len() as u64;
-        let first = random::below(n) as usize;
-        let mut second = random::below(n - 1) as usize;
-        if second >= first {
-            second += 1;
-        }
-        let (a, b) = (candidates[first], candidates[second]);
+        let (a, b) = match two_choices(table.endpoints.len(), avoid) {
+            None => return avoid,
+            Some((a, None)) => return Some(a),
+            Some((a, Some(b))) => (a, b),
+        };
         // Fewer in flight per unit of weight wins: compare (a+1)/wa with (b+1)/wb.
         let load = |i: usize| {
             let e = &table.endpoints[i];
@@ -198,6 +278,47 @@ impl Balancer {
         let ((la, wa), (lb, wb)) = (load(a), load(b));
         Some(if la * wb <= lb * wa { a } else { b })
     }
+
+    fn ewma(params: ewma::Params, table: &mut Table, avoid: Option<usize>) -> Option<usize> {
+        let (a, b) = match two_choices(table.endpoints.len(), avoid) {
+            None => return avoid,
+            Some((a, None)) => return Some(a),
+            Some((a, Some(b))) => (a, b),
+        };
+        let now = time::monotonic_ns();
+        let mut cost = |i: usize| {
+            let e = &table.endpoints[i];
+            let stats = endpoints::endpoint_stats(e.id).unwrap_or_default();
+            let rtt = table
+                .estimates
+                .entry(e.id)
+                .or_default()
+                .update(&stats, now, params);
+            ewma::cost(rtt, stats.in_flight, e.weight)
+        };
+        let (ca, cb) = (cost(a), cost(b));
+        Some(if ca <= cb { a } else { b })
+    }
+
+    fn ring_hash(
+        hash_header: Option<&str>,
+        ctx: &PickContext,
+        table: &Table,
+        avoid: Option<usize>,
+    ) -> Option<usize> {
+        let req = ctx.request();
+        let key_hash = match hash_header.and_then(|h| req.header(h)) {
+            Some(value) => ring::hash(value.as_bytes()),
+            None => ring::hash(ring::client_ip(&req.client_address()).as_bytes()),
+        };
+        // Attempt n passes over the n-1 endpoints earlier attempts used; when the failed one
+        // has left the set (ejected), one fewer is still on the ring.
+        let mut skip = ctx.attempt.saturating_sub(1) as usize;
+        if ctx.previous.is_some() && avoid.is_none() {
+            skip = skip.saturating_sub(1);
+        }
+        table.ring.pick(key_hash, skip, avoid)
+    }
 }
 
 #[spindle_sdk::filter]
@@ -205,42 +326,75 @@ impl Filter for Balancer {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, InitError> {
-        match config.policy {
-            Policy::RingHash | Policy::Ewma => {
-                let name = if config.policy == Policy::Ewma {
-                    "ewma"
-                } else {
-                    "ring_hash"
-                };
-                return Err(InitError::key(
-                    "policy",
-                    format!(
-                        "`{name}` is not implemented yet: use `round_robin`, `random` or \
-                         `least_request`"
-                    ),
-                ));
+        let only_for = |key: &str, set: bool, policy: Policy, name: &str| {
+            if set && config.policy != policy {
+                Err(InitError::key(
+                    key,
+                    format!("is only used by policy `{name}`"),
+                ))
+            } else {
+                Ok(())
             }
-            _ if config.hash_header.is_some() => {
-                return Err(InitError::key(
-                    "hash_header",
-                    "is only used by policy `ring_hash`",
-                ));
-            }
-            _ => {}
+        };
+        only_for(
+            "hash_header",
+            config.hash_header.is_some(),
+            Policy::RingHash,
+            "ring_hash",
+        )?;
+        only_for(
+            "points_per_weight",
+            config.points_per_weight.is_some(),
+            Policy::RingHash,
+            "ring_hash",
+        )?;
+        only_for("decay_ms", config.decay_ms.is_some(), Policy::Ewma, "ewma")?;
+        only_for(
+            "default_rtt_ms",
+            config.default_rtt_ms.is_some(),
+            Policy::Ewma,
+            "ewma",
+        )?;
+        if config.hash_header.as_deref() == Some("") {
+            return Err(InitError::key("hash_header", "must not be empty"));
         }
+        let points_per_weight = config
+            .points_per_weight
+            .unwrap_or_else(default_points_per_weight);
+        if !(1..=ring::MAX_RING_SIZE).contains(&u64::from(points_per_weight)) {
+            return Err(InitError::key(
+                "points_per_weight",
+                format!(
+                    "{points_per_weight} is not between 1 and {}",
+                    ring::MAX_RING_SIZE
+                ),
+            ));
+        }
+        let decay_ms = config.decay_ms.unwrap_or_else(default_decay_ms);
+        if decay_ms == 0 {
+            return Err(InitError::key("decay_ms", "must be at least 1"));
+        }
+        let default_rtt_ms = config.default_rtt_ms.unwrap_or_else(default_rtt_ms);
         Ok(Balancer {
             policy: config.policy,
+            hash_header: config.hash_header,
+            points_per_weight,
+            ewma: ewma::Params {
+                decay_ns: f64::from(decay_ms) * 1e6,
+                default_rtt_ns: f64::from(default_rtt_ms) * 1e6,
+            },
             tables: HashMap::new(),
         })
     }
 
     fn endpoints_changed(&mut self, cluster: &str, endpoints: &[Endpoint]) {
-        self.tables
-            .insert(cluster.to_owned(), Table::new(self.policy, endpoints));
+        let previous = self.tables.remove(cluster);
+        let table = Table::new(self, endpoints, previous);
+        self.tables.insert(cluster.to_owned(), table);
     }
 
     fn pick_endpoint(&mut self, ctx: &PickContext) -> Option<u32> {
-        let table = self.tables.get(&ctx.cluster)?;
+        let table = self.tables.get_mut(&ctx.cluster)?;
         if table.endpoints.is_empty() {
             return None;
         }
@@ -251,7 +405,8 @@ impl Filter for Balancer {
             Policy::RoundRobin => Balancer::round_robin(&ctx.cluster, table, avoid),
             Policy::Random => Balancer::random(table, avoid),
             Policy::LeastRequest => Balancer::least_request(table, avoid),
-            Policy::RingHash | Policy::Ewma => None,
+            Policy::RingHash => Balancer::ring_hash(self.hash_header.as_deref(), ctx, table, avoid),
+            Policy::Ewma => Balancer::ewma(self.ewma, table, avoid),
         }?;
         table.endpoints.get(index).map(|e| e.id)
     }

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [filter.retry]
-//! config = { attempts = 3, retry_on = ["5xx", "connect-failure", "reset", "timeout"], backoff_base_ms = 25, backoff_max_ms = 250, per_try_timeout_ms = 2000 }
+//! config = { attempts = 3, retry_on = ["5xx", "connect-failure", "reset", "timeout", "retriable-status:429"], backoff_base_ms = 25, backoff_max_ms = 250, per_try_timeout_ms = 2000, budget_percent = 20, attempt_header = true }
 //! ```
 //!
 //! | key | default | meaning |
@@ -13,12 +13,17 @@
 //! | `backoff_max_ms` | 250 | no retry waits longer |
 //! | `per_try_timeout_ms` | none | the per-try timeout set on every request |
 //! | `retry_non_idempotent` | false | also retry POST, PATCH, CONNECT, ... |
-//! | `budget_percent` | none | accepted and checked (0 to 100), not enforced yet |
+//! | `budget_percent` | none (no budget) | retries may be at most this share of requests (0 to 100) |
+//! | `budget_min_per_second` | 10 | retries always allowed per second of the window, whatever the share |
+//! | `budget_window_ms` | 10000 | the sliding window of the budget (1000 to 60000) |
+//! | `attempt_header` | false | send `x-spindle-attempt: N` upstream (1 on the first attempt) |
 //!
 //! `retry_on` conditions: `5xx` (any status from 500), `gateway-error` (502, 503, 504),
-//! `connect-failure`, `reset` and `timeout` (the per-try timeout expired). The default retries
-//! only what most likely never reached the application, or what a gateway says failed; add
-//! `5xx` and `timeout` when the upstream's handlers are safe to repeat.
+//! `connect-failure`, `reset`, `timeout` (the per-try timeout expired), and
+//! `retriable-status:CODE` (that exact status, any code from 100 to 599, e.g. `retriable-status:429`;
+//! list several entries for several codes). The default retries only what most likely never
+//! reached the application, or what a gateway says failed; add `5xx` and `timeout` when the
+//! upstream's handlers are safe to repeat.
 //!
 //! Only idempotent methods (`GET HEAD OPTIONS PUT DELETE TRACE`) are retried unless
 //! `retry_non_idempotent = true`, and never a request whose body was too large to buffer.
@@ -26,8 +31,25 @@
 //! a uniformly random time in `[0, min(backoff_max_ms, backoff_base_ms * 2^(n-1))]`.
 //! Retries are counted in `spindle_filter_<name>_retries_total{cluster,reason}`.
 //!
-//! `budget_percent` (retries as a share of requests, as Envoy's and Linkerd's retry budgets) is
-//! accepted so that configs can carry it, but is not enforced yet.
+//! # Retry budget
+//!
+//! With `budget_percent`, retries to a cluster may not exceed `budget_percent`% of its requests
+//! over the last `budget_window_ms`, plus `budget_min_per_second` per second of the window (so
+//! a quiet cluster can still retry), as linkerd2-proxy's and Finagle's budgets. Requests and
+//! retries are counted per cluster in one-second buckets of the host's shared store
+//! (`spindle.retry.<cluster>.{requests,retries}.<second>`), so every instance shares one budget.
+//! A retry first takes its slot (an atomic add) and gives it back if the budget is exceeded, so
+//! concurrent instances cannot overdraw it together. A retry refused for want of budget is
+//! counted in `spindle_filter_<name>_budget_exhausted_total{cluster}` and the outcome is kept.
+//!
+//! # Attempt header
+//!
+//! With `attempt_header = true`, every upstream attempt carries `x-spindle-attempt: N` (1 for the
+//! first): `on_request` sets 1, and `on_attempt` sets the next number before asking for a retry
+//! (the host rebuilds each attempt's request from the current request head).
+//!
+//! Not supported: honouring an upstream's `Retry-After`. The response headers of an attempt do
+//! not reach `on_attempt` in ABI 0.1.0.
 
 use std::time::Duration;
 
@@ -35,29 +57,65 @@ use serde::Deserialize;
 use spindle_sdk::metrics::Counter;
 use spindle_sdk::{
     Action, AttemptAction, AttemptError, AttemptOutcome, Filter, Hooks, InitError, Request, random,
+    store, time,
 };
+
+/// The request header carrying the attempt number, with `attempt_header = true`.
+pub const ATTEMPT_HEADER: &str = "x-spindle-attempt";
 
 /// An outcome that may be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum RetryOn {
     /// Any status from 500.
-    #[serde(rename = "5xx")]
     Status5xx,
     /// 502, 503 or 504.
-    #[serde(rename = "gateway-error")]
     GatewayError,
     /// The connection could not be made.
-    #[serde(rename = "connect-failure")]
     ConnectFailure,
     /// The connection was reset before a response head.
-    #[serde(rename = "reset")]
     Reset,
     /// The per-try timeout expired.
-    #[serde(rename = "timeout")]
     Timeout,
+    /// This exact status (`retriable-status:CODE`).
+    Status(u16),
+}
+
+/// The prefix of `retriable-status:CODE` entries.
+const RETRIABLE_STATUS: &str = "retriable-status:";
+
+impl TryFrom<String> for RetryOn {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<RetryOn, String> {
+        Ok(match name.as_str() {
+            "5xx" => RetryOn::Status5xx,
+            "gateway-error" => RetryOn::GatewayError,
+            "connect-failure" => RetryOn::ConnectFailure,
+            "reset" => RetryOn::Reset,
+            "timeout" => RetryOn::Timeout,
+            other => match other.strip_prefix(RETRIABLE_STATUS) {
+                Some(code) => match code.parse::<u16>() {
+                    Ok(code @ 100..=599) => RetryOn::Status(code),
+                    _ => {
+                        return Err(format!(
+                            "`{other}`: the status must be a number from 100 to 599"
+                        ));
+                    }
+                },
+                None => {
+                    return Err(format!(
+                        "unknown variant `{other}`, expected one of `5xx`, `gateway-error`, \
+                         `connect-failure`, `reset`, `timeout`, `retriable-status:CODE`"
+                    ));
+                }
+            },
+        })
+    }
 }
 
 impl RetryOn {
+    /// The `reason` label of the retries metric.
     fn name(self) -> &'static str {
         match self {
             RetryOn::Status5xx => "5xx",
@@ -65,6 +123,7 @@ impl RetryOn {
             RetryOn::ConnectFailure => "connect-failure",
             RetryOn::Reset => "reset",
             RetryOn::Timeout => "timeout",
+            RetryOn::Status(_) => "retriable-status",
         }
     }
 }
@@ -84,6 +143,12 @@ fn default_backoff_base_ms() -> u32 {
 }
 fn default_backoff_max_ms() -> u32 {
     250
+}
+fn default_budget_min_per_second() -> u32 {
+    10
+}
+fn default_budget_window_ms() -> u32 {
+    10_000
 }
 
 /// The retry filter's config.
@@ -108,9 +173,73 @@ pub struct Config {
     /// Retry methods that are not idempotent too.
     #[serde(default)]
     pub retry_non_idempotent: bool,
-    /// Retries as a share of requests (0 to 100). Accepted, not enforced yet.
+    /// Retries as a share of requests over the window (0 to 100); none: no budget.
     #[serde(default)]
     pub budget_percent: Option<f64>,
+    /// Retries allowed per second of the window whatever the share.
+    #[serde(default = "default_budget_min_per_second")]
+    pub budget_min_per_second: u32,
+    /// The budget's sliding window, in milliseconds.
+    #[serde(default = "default_budget_window_ms")]
+    pub budget_window_ms: u32,
+    /// Send `x-spindle-attempt: N` upstream.
+    #[serde(default)]
+    pub attempt_header: bool,
+}
+
+/// A retry budget: the share of requests that may be retried, over a sliding window.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Retries per request, 0.0 to 1.0.
+    ratio: f64,
+    /// Retries always allowed over the window.
+    min_retries: f64,
+    /// The window in one-second buckets.
+    buckets: u64,
+}
+
+/// The TTL of a budget bucket: the window plus one bucket, so that a full window is readable.
+fn bucket_ttl(budget: &Budget) -> Duration {
+    Duration::from_secs(budget.buckets + 1)
+}
+
+fn bucket_key(cluster: &str, kind: &str, second: u64) -> String {
+    format!("spindle.retry.{cluster}.{kind}.{second}")
+}
+
+impl Budget {
+    fn second() -> u64 {
+        time::monotonic_ns() / 1_000_000_000
+    }
+
+    /// Counts a request to `cluster` (its first attempt).
+    fn record_request(&self, cluster: &str) {
+        let key = bucket_key(cluster, "requests", Budget::second());
+        store::add(&key, 1, bucket_ttl(self));
+    }
+
+    /// The sum of a kind's buckets over the window.
+    fn window_sum(&self, cluster: &str, kind: &str, now: u64) -> i64 {
+        (0..self.buckets)
+            .filter_map(|back| now.checked_sub(back))
+            .map(|second| store::counter(&bucket_key(cluster, kind, second)))
+            .sum()
+    }
+
+    /// Takes one retry from the budget of `cluster`; false (and nothing taken) when it is spent.
+    fn withdraw(&self, cluster: &str) -> bool {
+        let now = Budget::second();
+        let key = bucket_key(cluster, "retries", now);
+        // Take the slot first, then check: two instances racing for the last slot cannot both win.
+        store::add(&key, 1, bucket_ttl(self));
+        let retries = self.window_sum(cluster, "retries", now) as f64;
+        let requests = self.window_sum(cluster, "requests", now) as f64;
+        if retries <= self.min_retries + self.ratio * requests {
+            return true;
+        }
+        store::add(&key, -1, bucket_ttl(self));
+        false
+    }
 }
 
 /// The retry filter.
@@ -122,7 +251,10 @@ pub struct Retry {
     backoff_max_ms: u32,
     per_try_timeout: Option<Duration>,
     retry_non_idempotent: bool,
+    budget: Option<Budget>,
+    attempt_header: bool,
     retries: Option<Counter>,
+    exhausted: Option<Counter>,
 }
 
 /// Whether a request with this method may be sent twice.
@@ -145,6 +277,7 @@ impl Retry {
                 (RetryOn::Timeout, Some(AttemptError::Timeout), _) => true,
                 (RetryOn::Status5xx, None, Some(status)) => status >= 500,
                 (RetryOn::GatewayError, None, Some(status)) => matches!(status, 502..=504),
+                (RetryOn::Status(code), None, Some(status)) => *code == status,
                 _ => false,
             })
     }
@@ -188,13 +321,33 @@ impl Filter for Retry {
                 format!("{budget} is not between 0 and 100"),
             ));
         }
-        let retries = Counter::new(
+        if !(1_000..=60_000).contains(&config.budget_window_ms) {
+            return Err(InitError::key(
+                "budget_window_ms",
+                format!("{} is not between 1000 and 60000", config.budget_window_ms),
+            ));
+        }
+        let buckets = u64::from(config.budget_window_ms.div_ceil(1000));
+        let budget = config.budget_percent.map(|percent| Budget {
+            ratio: percent / 100.0,
+            min_retries: f64::from(config.budget_min_per_second) * buckets as f64,
+            buckets,
+        });
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            Counter::new(name, help, labels)
+                .map_err(|e| spindle_sdk::warn!("retry: no metric: {e}"))
+                .ok()
+        };
+        let retries = counter(
             "retries_total",
             "Upstream attempts retried, by cluster and reason.",
             &["cluster", "reason"],
-        )
-        .map_err(|e| spindle_sdk::warn!("retry: no metrics: {e}"))
-        .ok();
+        );
+        let exhausted = counter(
+            "budget_exhausted_total",
+            "Retries refused because the cluster's retry budget was spent, by cluster.",
+            &["cluster"],
+        );
         Ok(Retry {
             attempts: config.attempts,
             retry_on: config.retry_on,
@@ -204,13 +357,16 @@ impl Filter for Retry {
                 .per_try_timeout_ms
                 .map(|ms| Duration::from_millis(u64::from(ms))),
             retry_non_idempotent: config.retry_non_idempotent,
+            budget,
+            attempt_header: config.attempt_header,
             retries,
+            exhausted,
         })
     }
 
     fn hooks(&self) -> Hooks {
-        // `on_request` only sets the per-try timeout: skip it when there is none.
-        if self.per_try_timeout.is_some() {
+        // `on_request` only sets the per-try timeout and the attempt header: skip it otherwise.
+        if self.per_try_timeout.is_some() || self.attempt_header {
             Hooks::REQUEST.union(Hooks::ATTEMPT)
         } else {
             Hooks::ATTEMPT
@@ -221,10 +377,18 @@ impl Filter for Retry {
         if let Some(timeout) = self.per_try_timeout {
             req.set_per_try_timeout(timeout);
         }
+        if self.attempt_header {
+            req.set_header(ATTEMPT_HEADER, "1");
+        }
         Action::Continue
     }
 
     fn on_attempt(&mut self, outcome: &AttemptOutcome) -> AttemptAction {
+        if outcome.attempt == 1
+            && let Some(budget) = &self.budget
+        {
+            budget.record_request(&outcome.cluster);
+        }
         if !outcome.retryable_body || outcome.attempt >= self.attempts {
             return AttemptAction::Done;
         }
@@ -232,12 +396,29 @@ impl Filter for Retry {
             return AttemptAction::Done;
         };
         // Asked last: one host call, only for outcomes worth retrying.
-        if !self.retry_non_idempotent && !idempotent(&outcome.request().method()) {
+        let mut req = outcome.request();
+        if !self.retry_non_idempotent && !idempotent(&req.method()) {
+            return AttemptAction::Done;
+        }
+        if let Some(budget) = &self.budget
+            && !budget.withdraw(&outcome.cluster)
+        {
+            if let Some(exhausted) = &self.exhausted {
+                let _ = exhausted.inc(&[&outcome.cluster]);
+            }
+            spindle_sdk::debug!(
+                "retry budget of `{}` spent: attempt {} not retried",
+                outcome.cluster,
+                outcome.attempt
+            );
             return AttemptAction::Done;
         }
         if let Some(retries) = &self.retries {
             // A metric that cannot be recorded is no reason to fail the request.
             let _ = retries.inc(&[&outcome.cluster, reason.name()]);
+        }
+        if self.attempt_header {
+            req.set_header(ATTEMPT_HEADER, &(outcome.attempt + 1).to_string());
         }
         AttemptAction::Retry(self.backoff(outcome.attempt))
     }

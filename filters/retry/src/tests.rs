@@ -182,3 +182,168 @@ fn bad_configs_name_the_key() {
     );
     assert!(host.load::<Retry>(json!({"budget_percent": 20})).is_ok());
 }
+
+#[test]
+fn retriable_status_entries() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"retry_on": ["retriable-status:429", "retriable-status:409", "reset"]}),
+    );
+    host.start_request(TestRequest::get("/"));
+    assert!(retries(r.on_attempt(&status(1, 429))));
+    assert!(retries(r.on_attempt(&status(1, 409))));
+    assert!(retries(r.on_attempt(&failed(1, AttemptError::Reset))));
+    for code in [200, 428, 500, 503] {
+        assert!(!retries(r.on_attempt(&status(1, code))), "{code}");
+    }
+    assert_eq!(
+        host.counter("retries_total", &["api", "retriable-status"]),
+        2.0
+    );
+    let err = |config| host.load::<Retry>(config).unwrap_err().to_string();
+    assert_eq!(
+        err(json!({"retry_on": ["retriable-status:99"]})),
+        "retry_on[0]: `retriable-status:99`: the status must be a number from 100 to 599"
+    );
+    assert_eq!(
+        err(json!({"retry_on": ["5xx", "retriable-status:abc"]})),
+        "retry_on[1]: `retriable-status:abc`: the status must be a number from 100 to 599"
+    );
+}
+
+#[test]
+fn attempt_header_numbers_every_attempt() {
+    let host = MockHost::new();
+    let mut plain = load(&host, json!({}));
+    host.start_request(TestRequest::get("/"));
+    assert!(retries(plain.on_attempt(&status(1, 503))));
+    assert_eq!(host.request_header("x-spindle-attempt"), None);
+
+    let mut r = load(&host, json!({"attempt_header": true, "attempts": 3}));
+    assert_eq!(r.hooks(), Hooks::REQUEST.union(Hooks::ATTEMPT));
+    host.start_request(TestRequest::get("/").header("x-spindle-attempt", "forged"));
+    r.on_request();
+    assert_eq!(
+        host.request_header("x-spindle-attempt").as_deref(),
+        Some("1")
+    );
+    assert!(retries(r.on_attempt(&status(1, 503))));
+    assert_eq!(
+        host.request_header("x-spindle-attempt").as_deref(),
+        Some("2")
+    );
+    assert!(retries(r.on_attempt(&status(2, 503))));
+    assert_eq!(
+        host.request_header("x-spindle-attempt").as_deref(),
+        Some("3")
+    );
+    // No retry: the header is left as it was.
+    assert!(!retries(r.on_attempt(&status(3, 503))));
+    assert_eq!(
+        host.request_header("x-spindle-attempt").as_deref(),
+        Some("3")
+    );
+    let values: Vec<_> = host
+        .request_headers()
+        .into_iter()
+        .filter(|(n, _)| n == "x-spindle-attempt")
+        .collect();
+    assert_eq!(values.len(), 1);
+}
+
+/// One request to `api` whose every attempt gets 503: how many retries the filter asked for.
+fn failing_request(r: &mut TestFilter<Retry>) -> u32 {
+    let mut attempt = 1;
+    while retries(r.on_attempt(&status(attempt, 503))) {
+        attempt += 1;
+    }
+    attempt - 1
+}
+
+#[test]
+fn budget_caps_retries_to_a_share_of_requests() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"attempts": 3, "budget_percent": 20, "budget_min_per_second": 1}),
+    );
+    host.start_request(TestRequest::get("/"));
+    // 100 failing requests within one second: 10 (1/s over 10 s) + 20% of 100.
+    let spent: u32 = (0..100).map(|_| failing_request(&mut r)).sum();
+    assert_eq!(spent, 30);
+    // Each request that met a spent budget counts once (it stops there): 5 got both retries.
+    assert_eq!(host.counter("budget_exhausted_total", &["api"]), 95.0);
+    assert_eq!(
+        host.counter("retries_total", &["api", "gateway-error"]),
+        30.0
+    );
+    // Without a budget, every request would have retried twice.
+    let mut unbounded = load(&host, json!({"attempts": 3}));
+    assert_eq!(failing_request(&mut unbounded), 2);
+}
+
+#[test]
+fn budget_is_shared_by_instances_and_per_cluster() {
+    let host = MockHost::new();
+    let config = json!({"budget_percent": 10, "budget_min_per_second": 0});
+    let mut one = load(&host, config.clone());
+    let mut two = load(&host, config);
+    host.start_request(TestRequest::get("/"));
+    // 10 successful requests through instance one: one retry's worth.
+    for _ in 0..10 {
+        one.on_attempt(&status(1, 200));
+    }
+    assert!(retries(two.on_attempt(&status(1, 503))));
+    // That request counted too (11 requests, 1.1 retries): a second one is refused.
+    assert!(!retries(one.on_attempt(&status(1, 503))));
+    // Another cluster has its own budget (empty here).
+    let other = AttemptOutcome::response("web", 1, 1, 503);
+    assert!(!retries(one.on_attempt(&other)));
+    assert_eq!(host.counter("budget_exhausted_total", &["web"]), 1.0);
+}
+
+#[test]
+fn budget_window_slides() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"budget_percent": 50, "budget_min_per_second": 0, "budget_window_ms": 3000}),
+    );
+    host.start_request(TestRequest::get("/"));
+    for _ in 0..4 {
+        r.on_attempt(&status(1, 200));
+    }
+    // 4 requests: 2 retries (each failing request counts as one more request).
+    let spent: u32 = (0..4).map(|_| failing_request(&mut r)).sum();
+    assert_eq!(spent, 4);
+    assert!(!retries(r.on_attempt(&status(1, 503))));
+    // Three seconds on, those requests and retries have left the window.
+    host.advance(Duration::from_secs(3));
+    assert!(!retries(r.on_attempt(&status(1, 503))));
+    for _ in 0..4 {
+        r.on_attempt(&status(1, 200));
+    }
+    assert!(retries(r.on_attempt(&status(1, 503))));
+    assert!(
+        host.store_counter(&format!(
+            "spindle.retry.api.retries.{}",
+            host.monotonic_ns() / 1_000_000_000
+        ))
+        .is_some()
+    );
+}
+
+#[test]
+fn budget_config_is_checked() {
+    let host = MockHost::new();
+    let err = |config| host.load::<Retry>(config).unwrap_err().to_string();
+    assert_eq!(
+        err(json!({"budget_percent": 20, "budget_window_ms": 500})),
+        "budget_window_ms: 500 is not between 1000 and 60000"
+    );
+    assert!(
+        host.load::<Retry>(json!({"budget_percent": 0, "budget_min_per_second": 0}))
+            .is_ok()
+    );
+}

@@ -445,6 +445,14 @@ fn build_client(cfg: &ClusterConfig) -> Client<HttpConnector, UpBody> {
         .build(connector)
 }
 
+/// A per-endpoint series: name, type, help, and its value at a time (ms).
+type EndpointSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Endpoint, u64) -> u64,
+);
+
 impl Collector for Upstreams {
     fn collect(&self, out: &mut String) {
         let now = self.now_ms();
@@ -469,7 +477,7 @@ impl Collector for Upstreams {
                 }
             }
         }
-        let gauges: [(&str, &str, &str, fn(&Endpoint, u64) -> u64); 3] = [
+        let gauges: [EndpointSeries; 3] = [
             (
                 "spindle_endpoint_ejected",
                 "gauge",
