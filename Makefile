@@ -20,8 +20,10 @@ all: build
 setup:
 	@command -v rustup >/dev/null 2>&1 && { rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET); } || true
 
+# One build of the whole workspace (host, tools, demo services): building
+# single packages would unify features differently and build wasmtime twice.
 $(COMPONENTIZE): setup FORCE
-	$(CARGO) build -q -p spindle-componentize
+	$(CARGO) build -q --workspace
 
 # The standard filters (and the test and example filters) as components.
 filters: setup $(COMPONENTIZE)
@@ -52,7 +54,7 @@ clippy: setup
 # Unit tests, the filters' native tests, and the integration tests (which
 # start the real debug binary with the Wasm filters built above).
 unit: filters
-	$(CARGO) build -q -p spindle-host
+	$(CARGO) build -q --workspace
 	$(CARGO) test -q --workspace
 
 test: fmt-check clippy unit
