@@ -1,6 +1,6 @@
-//! The retry filter's budget and attempt header through the real host.
+//! The retry filter's budget, attempt header and `Retry-After` through the real host.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spindle_tests::config::{cluster, filter, head, round_robin, router_all_to};
 use spindle_tests::{Client, Spindle, Upstream, bounded};
@@ -77,6 +77,64 @@ async fn the_attempt_header_numbers_attempts_upstream() {
             })
             .collect();
         assert_eq!(attempts, ["1", "2", "3"]);
+    })
+    .await
+}
+
+fn retry_after_config(backoff_max_ms: u32) -> String {
+    head(&["router", "balancer", "retry"])
+        + &router_all_to("api")
+        + &round_robin()
+        + &filter(
+            "retry",
+            "retry",
+            &format!(
+                "attempts = 2\nretry_on = [\"5xx\"]\nbackoff_base_ms = 1\nbackoff_max_ms = {backoff_max_ms}"
+            ),
+        )
+        + &cluster("api", &["a"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_within_backoff_max_is_waited_for() {
+    bounded(Duration::from_secs(60), async {
+        let a = Upstream::start("a").await;
+        let sp = Spindle::start(&retry_after_config(2000), &[&a]).await;
+        a.add_header("retry-after", "1");
+        a.fail_next(503, 1);
+        let start = Instant::now();
+        let resp = Client::new()
+            .get(&format!("{}/x", sp.url("edge")), &[])
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(a.count(), 2);
+        // Without Retry-After the backoff is at most 1 ms (backoff_base_ms).
+        assert!(
+            took >= Duration::from_millis(1000),
+            "retried after {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "retried after {took:?}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_beyond_backoff_max_is_not_retried() {
+    bounded(Duration::from_secs(60), async {
+        let a = Upstream::start("a").await;
+        let sp = Spindle::start(&retry_after_config(250), &[&a]).await;
+        a.add_header("retry-after", "5");
+        a.fail_next(503, 1);
+        let start = Instant::now();
+        let resp = Client::new()
+            .get(&format!("{}/x", sp.url("edge")), &[])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 503, "{resp:?}");
+        assert_eq!(a.count(), 1, "not retried");
+        assert!(start.elapsed() < Duration::from_secs(5));
     })
     .await
 }

@@ -1,7 +1,7 @@
 //! Load shedding and the traffic filters through the real host: the breaker's `max_pending`,
 //! `ratelimit`, `fault` and `headers`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use spindle_tests::config::{cluster, filter, head, round_robin, router_all_to};
 use spindle_tests::{Client, Load, Spindle, Upstream, bounded};
@@ -121,6 +121,69 @@ async fn fault_aborts_its_percentage() {
     .await
 }
 
+/// Sends `total` GETs to `url` from `clients` concurrent clients; the duration of each.
+async fn timed_requests(url: &str, clients: usize, total: usize) -> Vec<Duration> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let url = url.to_owned();
+        let n = total / clients + usize::from(c < total % clients);
+        tasks.push(tokio::spawn(async move {
+            let client = Client::new();
+            let mut took = Vec::with_capacity(n);
+            for _ in 0..n {
+                let start = Instant::now();
+                let resp = client.get(&url, &[]).await.unwrap();
+                took.push(start.elapsed());
+                assert_eq!(resp.status, 200, "{resp:?}");
+            }
+            took
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_delays_its_percentage() {
+    bounded(Duration::from_secs(120), async {
+        let a = Upstream::start("a").await;
+        let config = |percent: u32| {
+            head(&["router", "fault", "balancer"])
+                + &router_all_to("api")
+                + &filter(
+                    "fault",
+                    "fault",
+                    &format!("delay_ms = 200\ndelay_percent = {percent}"),
+                )
+                + &round_robin()
+                + &cluster("api", &["a"])
+        };
+        let delay = Duration::from_millis(200);
+
+        let sp = Spindle::start(&config(100), &[&a]).await;
+        let took = timed_requests(&format!("{}/x", sp.url("edge")), 4, 12).await;
+        assert!(took.iter().all(|t| *t >= delay), "{took:?}");
+        drop(sp);
+
+        let sp = Spindle::start(&config(50), &[&a]).await;
+        let took = timed_requests(&format!("{}/x", sp.url("edge")), 10, 200).await;
+        let slow = took.iter().filter(|t| **t >= delay).count();
+        let delayed = sp
+            .metric_or_zero("spindle_filter_fault_delayed_total", &[])
+            .await as usize;
+        eprintln!("fault: {slow} of 200 took 200 ms or more, {delayed} delayed, at 50%");
+        // Binomial(200, 0.5): mean 100, sd 7.1; 6 sd either way.
+        assert!((57..=143).contains(&delayed), "{delayed}");
+        // Every delayed request is slow; an undelayed one is slow only on a very busy machine.
+        assert!(slow >= delayed, "{slow} slow, {delayed} delayed");
+        assert!(slow <= delayed + 10, "{slow} slow, {delayed} delayed");
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_set_on_both_sides() {
     bounded(Duration::from_secs(120), async {
@@ -162,6 +225,45 @@ response = { set = { x-served-by = "endpoint %ENDPOINT_ID% %STATUS%" }, add = { 
             resp.header("x-echo-x-request-id"),
             "{resp:?}"
         );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_name_the_endpoint_address() {
+    bounded(Duration::from_secs(120), async {
+        let a = Upstream::start("a").await;
+        let b = Upstream::start("b").await;
+        let config = head(&["router", "headers", "balancer"])
+            + &router_all_to("api")
+            + &filter(
+                "headers",
+                "headers",
+                r#"response = { set = { x-endpoint = "%ENDPOINT%", x-endpoint-id = "%ENDPOINT_ID%" } }"#,
+            )
+            + &round_robin()
+            + &cluster("api", &["a", "b"]);
+        let sp = Spindle::start(&config, &[&a, &b]).await;
+        let client = Client::new();
+        let url = format!("{}/x", sp.url("edge"));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let resp = client.get(&url, &[]).await.unwrap();
+            assert_eq!(resp.status, 200, "{resp:?}");
+            let expected = match resp.upstream() {
+                Some("a") => a.address(),
+                Some("b") => b.address(),
+                other => panic!("answered by {other:?}"),
+            };
+            assert_eq!(resp.header("x-endpoint"), Some(expected.as_str()), "{resp:?}");
+            assert!(
+                resp.header("x-endpoint-id")
+                    .is_some_and(|id| id.parse::<u32>().is_ok()),
+                "{resp:?}"
+            );
+            seen.insert(expected);
+        }
+        assert_eq!(seen.len(), 2, "round robin reaches both: {seen:?}");
     })
     .await
 }

@@ -10,6 +10,17 @@ pub fn endpoint_stats(id: u32) -> Option<EndpointStats> {
     sys::endpoint_stats(id)
 }
 
+/// The address (`host:port`) of an endpoint, whatever its cluster and whether it is ejected;
+/// `None` when the id is unknown (it may have left its cluster since).
+///
+/// A balancer already has the addresses from
+/// [`Filter::endpoints_changed`](crate::Filter::endpoints_changed); this is for the other filters,
+/// which know endpoints only by the ids of [`AttemptOutcome`](crate::AttemptOutcome) and
+/// [`RequestSummary`](crate::RequestSummary).
+pub fn endpoint_address(id: u32) -> Option<String> {
+    sys::endpoint_address(id)
+}
+
 /// Statistics of one cluster; `None` when the name is unknown.
 pub fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
     sys::cluster_stats(cluster)

@@ -71,6 +71,7 @@ impl<F: Filter> Guest for Adapter<F> {
                 headers: reply.headers,
                 body: reply.body,
             }),
+            Action::Delay(delay) => wt::RequestAction::Delay(millis_u32(delay)),
         }
     }
 
@@ -111,6 +112,7 @@ impl<F: Filter> Guest for Adapter<F> {
             }),
             latency: Duration::from_nanos(outcome.latency_ns),
             retryable_body: outcome.retryable_body,
+            retry_after: outcome.retry_after_ms.map(Duration::from_millis),
         };
         match with(AttemptAction::Done, |f: &mut F| {
             runtime::on_attempt(f, &outcome)

@@ -41,7 +41,8 @@ pub trait Filter: Sized + 'static {
     }
 
     /// Request phase, in chain order: read and change the request, choose the cluster, or answer
-    /// locally with [`Action::Respond`] (which stops the chain).
+    /// locally with [`Action::Respond`] (which stops the chain), or wait with [`Action::Delay`]
+    /// (the host sleeps, then runs the next filter).
     fn on_request(&mut self, req: &mut Request) -> Action {
         let _ = req;
         Action::Continue

@@ -11,6 +11,11 @@ pub enum Action {
     Continue,
     /// Stop the chain and answer with this response instead of the upstream's.
     Respond(LocalReply),
+    /// Wait this long, then go on with the chain from the next filter (this filter's
+    /// `on_request` is not called again). The host waits without holding an instance.
+    /// Whole milliseconds; longer delays saturate at `u32::MAX` ms (about 49.7 days), so bound
+    /// them in the filter.
+    Delay(Duration),
 }
 
 impl Action {
@@ -22,6 +27,17 @@ impl Action {
     /// ```
     pub fn respond(status: u16, body: impl Into<Vec<u8>>) -> Action {
         Action::Respond(LocalReply::text(status, body))
+    }
+
+    /// Waits `ms` milliseconds, then goes on with the chain.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spindle_sdk::Action;
+    /// assert_eq!(Action::delay_ms(200), Action::Delay(Duration::from_millis(200)));
+    /// ```
+    pub fn delay_ms(ms: u32) -> Action {
+        Action::Delay(Duration::from_millis(u64::from(ms)))
     }
 }
 
@@ -141,6 +157,10 @@ pub struct AttemptOutcome {
     pub latency: Duration,
     /// False when the request body was too large to buffer: it cannot be replayed.
     pub retryable_body: bool,
+    /// The response's `Retry-After`, as a delay from now (an HTTP-date is converted by the
+    /// host; a past date is zero). `None` without a response, without the header, or when
+    /// its value does not parse.
+    pub retry_after: Option<Duration>,
 }
 
 impl AttemptOutcome {
@@ -154,7 +174,21 @@ impl AttemptOutcome {
             error: None,
             latency: Duration::from_millis(1),
             retryable_body: true,
+            retry_after: None,
         }
+    }
+
+    /// The same outcome with a `Retry-After` of `delay` (for tests).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spindle_sdk::AttemptOutcome;
+    /// let outcome = AttemptOutcome::response("api", 1, 1, 503).with_retry_after(Duration::from_secs(1));
+    /// assert_eq!(outcome.retry_after, Some(Duration::from_secs(1)));
+    /// ```
+    pub fn with_retry_after(mut self, delay: Duration) -> AttemptOutcome {
+        self.retry_after = Some(delay);
+        self
     }
 
     /// An attempt that failed with `error`.

@@ -60,6 +60,8 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     count: AtomicU64,
     seen: Mutex<Vec<Seen>>,
+    /// Headers added to every response, whatever the behaviour.
+    headers: Mutex<Vec<(String, String)>>,
 }
 
 /// An in-process upstream server; stopped when dropped.
@@ -85,6 +87,7 @@ impl Upstream {
             behaviour: Mutex::new(Behaviour::Ok),
             count: AtomicU64::new(0),
             seen: Mutex::new(Vec::new()),
+            headers: Mutex::new(Vec::new()),
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         Upstream {
@@ -166,6 +169,17 @@ impl Upstream {
     /// Answers 200 after `delay`.
     pub fn delay(&self, delay: Duration) {
         self.set(Behaviour::Delay(delay));
+    }
+
+    /// Adds `name: value` to every following response, whatever the behaviour (e.g. a
+    /// `retry-after` on 503s). Cleared by [`Upstream::clear_headers`], not by `reset`.
+    pub fn add_header(&self, name: &str, value: &str) {
+        lock(&self.shared.headers).push((name.to_owned(), value.to_owned()));
+    }
+
+    /// Stops adding the headers of [`Upstream::add_header`].
+    pub fn clear_headers(&self) {
+        lock(&self.shared.headers).clear();
     }
 
     /// Never answers.
@@ -300,6 +314,9 @@ async fn handle(
         if let Some(value) = parts.headers.get(*name) {
             resp = resp.header(format!("x-echo-{name}"), value.clone());
         }
+    }
+    for (name, value) in lock(&shared.headers).iter() {
+        resp = resp.header(name.as_str(), value.as_str());
     }
     Ok(resp
         .body(Full::new(Bytes::from(shared.name.clone())))

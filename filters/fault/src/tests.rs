@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use serde_json::json;
 use spindle_sdk::testing::{MockHost, TestFilter, TestRequest};
 use spindle_sdk::{Action, Filter, Hooks};
@@ -15,6 +17,16 @@ fn aborted(f: &mut TestFilter<Fault>) -> Option<u16> {
             assert_eq!(reply.header_value("x-spindle-fault"), Some("abort"));
             Some(reply.status)
         }
+        Action::Delay(d) => panic!("delayed {d:?} with no delay configured"),
+    }
+}
+
+/// What one request gets: `Ok(Some(delay))`, `Ok(None)` (nothing) or `Err(status)` (aborted).
+fn fault(f: &mut TestFilter<Fault>) -> Result<Option<Duration>, u16> {
+    match f.on_request() {
+        Action::Continue => Ok(None),
+        Action::Delay(d) => Ok(Some(d)),
+        Action::Respond(reply) => Err(reply.status),
     }
 }
 
@@ -83,13 +95,83 @@ fn bad_configs_name_the_key() {
         err(json!({"abort_status": 503, "abort_percent": 101})),
         "abort_percent: 101 is not between 0 and 100"
     );
-    let e = err(json!({"abort_status": 503, "delay_ms": 100, "delay_percent": 5}));
-    assert!(
-        e.starts_with("delay_ms: delay injection is not supported"),
-        "{e}"
+    assert_eq!(
+        err(json!({"abort_percent": 5})),
+        "abort_percent: has no effect without `abort_status`"
     );
-    let e = err(json!({"abort_percent": 5}));
-    assert!(e.starts_with("missing field `abort_status`"), "{e}");
+    assert_eq!(
+        err(json!({"abort_status": 503, "delay_percent": 5})),
+        "delay_percent: has no effect without `delay_ms`"
+    );
+    assert!(err(json!({})).starts_with("nothing to inject"));
+    assert_eq!(
+        err(json!({"delay_ms": 0})),
+        "delay_ms: 0 is not between 1 and 3600000 (an hour)"
+    );
+    assert_eq!(
+        err(json!({"delay_ms": 100, "delay_percent": -1})),
+        "delay_percent: -1 is not between 0 and 100"
+    );
     let e = err(json!({"abort_status": 503, "abort_pct": 5}));
     assert!(e.starts_with("unknown field `abort_pct`"), "{e}");
+}
+
+#[test]
+fn delays_every_request_at_100_percent() {
+    let host = MockHost::new();
+    let mut f = load(&host, json!({"delay_ms": 200}));
+    host.start_request(TestRequest::get("/"));
+    for _ in 0..100 {
+        assert_eq!(fault(&mut f), Ok(Some(Duration::from_millis(200))));
+    }
+    assert_eq!(host.counter("delayed_total", &[]), 100.0);
+}
+
+#[test]
+fn delays_its_share_of_requests() {
+    let host = MockHost::new();
+    host.seed_random(11);
+    let mut f = load(&host, json!({"delay_ms": 50, "delay_percent": 50}));
+    host.start_request(TestRequest::get("/"));
+    let n = 20_000;
+    let hits = (0..n).filter(|_| fault(&mut f).unwrap().is_some()).count();
+    // Binomial(20000, 0.5): sd 71; 6 sd either way.
+    assert!((9575..=10425).contains(&hits), "{hits}");
+    assert_eq!(host.counter("delayed_total", &[]), hits as f64);
+}
+
+#[test]
+fn delay_is_drawn_first_and_an_abort_wins() {
+    let host = MockHost::new();
+    let mut f = load(
+        &host,
+        json!({"delay_ms": 10, "delay_percent": 50, "abort_status": 503, "abort_percent": 50}),
+    );
+    host.start_request(TestRequest::get("/"));
+    let (low, high) = (0u64, u64::MAX);
+    // Draws in order: delay, abort.
+    host.queue_random([low, high]);
+    assert_eq!(fault(&mut f), Ok(Some(Duration::from_millis(10))));
+    host.queue_random([high, high]);
+    assert_eq!(fault(&mut f), Ok(None));
+    host.queue_random([high, low]);
+    assert_eq!(fault(&mut f), Err(503));
+    // Both hit: answered at once, no delay.
+    host.queue_random([low, low]);
+    assert_eq!(fault(&mut f), Err(503));
+    assert_eq!(host.counter("delayed_total", &[]), 1.0);
+    assert_eq!(host.counter("aborted_total", &["503"]), 2.0);
+}
+
+#[test]
+fn only_with_header_gates_delays_too() {
+    let host = MockHost::new();
+    let mut f = load(
+        &host,
+        json!({"delay_ms": 10, "only_with_header": "x-chaos"}),
+    );
+    host.start_request(TestRequest::get("/"));
+    assert_eq!(fault(&mut f), Ok(None));
+    host.start_request(TestRequest::get("/").header("x-chaos", "1"));
+    assert_eq!(fault(&mut f), Ok(Some(Duration::from_millis(10))));
 }

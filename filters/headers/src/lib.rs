@@ -4,7 +4,7 @@
 //! [filter.headers]
 //! [filter.headers.config]
 //! request = { set = { x-client-ip = "%CLIENT_IP%" }, add = { x-via = "spindle" }, remove = ["x-debug"] }
-//! response = { set = { x-request-id = "%REQUEST_ID%", x-served-by = "endpoint %ENDPOINT_ID%" }, remove = ["server"] }
+//! response = { set = { x-request-id = "%REQUEST_ID%", x-served-by = "%ENDPOINT% (endpoint %ENDPOINT_ID%)" }, remove = ["server"] }
 //! ```
 //!
 //! | key | default | meaning |
@@ -28,19 +28,21 @@
 //! | `%REQUEST_ID%` | the request id (also sent upstream as `x-request-id`) |
 //! | `%METHOD%`, `%PATH%`, `%AUTHORITY%` | the request's method, path and query, authority (empty when none) |
 //! | `%CLUSTER%` | the cluster routed to so far (empty when none; put the filter after the router) |
+//! | `%ENDPOINT%` | response only: the address (`host:port`) of the endpoint of the last attempt (empty when none, or when it has left its cluster since) |
 //! | `%ENDPOINT_ID%` | response only: the host id of the endpoint of the last attempt (empty when none) |
 //! | `%STATUS%` | response only: the response status |
 //!
-//! An unknown variable, or a response-only one in `request`, is a config error. The host's ABI
-//! 0.1.0 gives filters that are not the balancer no endpoint address, so the endpoint is named by
-//! its id (as in `/clusters` of the admin listener); with `%ENDPOINT_ID%` the filter also watches
-//! attempts (`on_attempt`) to learn it.
+//! An unknown variable, or a response-only one in `request`, is a config error. With
+//! `%ENDPOINT%` or `%ENDPOINT_ID%` the filter also watches attempts (`on_attempt`) to learn the
+//! last attempt's endpoint id (the id is the one of `/clusters` on the admin listener);
+//! `%ENDPOINT%` then asks the host for that endpoint's address
+//! ([`endpoint_address`](spindle_sdk::endpoints::endpoint_address)) when the response is rendered.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use spindle_sdk::{
-    Action, AttemptAction, AttemptOutcome, Filter, Hooks, InitError, Request, Response,
+    Action, AttemptAction, AttemptOutcome, Filter, Hooks, InitError, Request, Response, endpoints,
 };
 
 /// The request variable holding the last attempt's endpoint id.
@@ -90,6 +92,8 @@ pub enum Var {
     Authority,
     /// `%CLUSTER%`.
     Cluster,
+    /// `%ENDPOINT%` (response only).
+    Endpoint,
     /// `%ENDPOINT_ID%` (response only).
     EndpointId,
     /// `%STATUS%` (response only).
@@ -106,6 +110,7 @@ impl Var {
             "PATH" => Var::Path,
             "AUTHORITY" => Var::Authority,
             "CLUSTER" => Var::Cluster,
+            "ENDPOINT" => Var::Endpoint,
             "ENDPOINT_ID" => Var::EndpointId,
             "STATUS" => Var::Status,
             _ => return None,
@@ -113,7 +118,7 @@ impl Var {
     }
 
     fn response_only(self) -> bool {
-        matches!(self, Var::EndpointId | Var::Status)
+        matches!(self, Var::Endpoint | Var::EndpointId | Var::Status)
     }
 }
 
@@ -152,7 +157,7 @@ impl Template {
                     format!(
                         "`{text}`: unknown variable `%{name}%` (known: %CLIENT_ADDRESS%, \
                          %CLIENT_IP%, %REQUEST_ID%, %METHOD%, %PATH%, %AUTHORITY%, %CLUSTER%, \
-                         %ENDPOINT_ID%, %STATUS%)"
+                         %ENDPOINT%, %ENDPOINT_ID%, %STATUS%)"
                     )
                 })?;
                 if !literal.is_empty() {
@@ -205,6 +210,11 @@ fn value_of(var: Var, req: &Request, resp: Option<&Response>) -> String {
         Var::Path => req.path(),
         Var::Authority => req.authority().unwrap_or_default(),
         Var::Cluster => req.cluster().unwrap_or_default(),
+        Var::Endpoint => req
+            .var(ENDPOINT_VAR)
+            .and_then(|id| id.parse().ok())
+            .and_then(endpoints::endpoint_address)
+            .unwrap_or_default(),
         Var::EndpointId => req.var(ENDPOINT_VAR).unwrap_or_default(),
         Var::Status => resp
             .and_then(Response::status)
@@ -291,10 +301,10 @@ impl Phase {
     }
 
     fn needs_endpoint(&self) -> bool {
-        self.set
-            .iter()
-            .chain(&self.add)
-            .any(|(_, t)| t.vars().any(|v| v == Var::EndpointId))
+        self.set.iter().chain(&self.add).any(|(_, t)| {
+            t.vars()
+                .any(|v| matches!(v, Var::Endpoint | Var::EndpointId))
+        })
     }
 }
 

@@ -32,6 +32,10 @@ fn hooks_follow_the_config() {
         .hooks(),
         Hooks::RESPONSE.union(Hooks::ATTEMPT)
     );
+    assert_eq!(
+        load(&host, json!({"response": {"set": {"x-e": "%ENDPOINT%"}}})).hooks(),
+        Hooks::RESPONSE.union(Hooks::ATTEMPT)
+    );
 }
 
 #[test]
@@ -150,6 +154,10 @@ fn bad_configs_name_the_key() {
         "request.set.x-a: `%STATUS%`: Status is only known in `response`"
     );
     assert_eq!(
+        err(json!({"request": {"set": {"x-a": "%ENDPOINT%"}}})),
+        "request.set.x-a: `%ENDPOINT%`: Endpoint is only known in `response`"
+    );
+    assert_eq!(
         err(json!({"request": {"add": {"bad name": "1"}}})),
         "request.add.bad name: `bad name` is not a valid header name"
     );
@@ -167,4 +175,39 @@ fn bad_configs_name_the_key() {
     );
     let e = err(json!({"request": {"append": {}}}));
     assert!(e.starts_with("request: unknown field `append`"), "{e}");
+}
+
+#[test]
+fn response_endpoint_address_of_the_last_attempt() {
+    let host = MockHost::new();
+    let a = host.add_endpoint("api", "10.0.0.1:8080", 1);
+    let b = host.add_endpoint("api", "[2001:db8::2]:80", 1);
+    let mut f = load(
+        &host,
+        json!({"response": {"set": {"x-served-by": "%ENDPOINT% (#%ENDPOINT_ID%)"}}}),
+    );
+    host.start_request(TestRequest::get("/"));
+    f.on_attempt(&AttemptOutcome::response("api", a, 1, 503));
+    f.on_attempt(&AttemptOutcome::response("api", b, 2, 200));
+    host.set_response(200, &[]);
+    f.on_response();
+    assert_eq!(
+        host.response_header("x-served-by"),
+        Some(format!("[2001:db8::2]:80 (#{b})"))
+    );
+    // An endpoint gone by the response (discovery removed it): its address is empty.
+    host.start_request(TestRequest::get("/"));
+    f.on_attempt(&AttemptOutcome::response("api", a, 1, 200));
+    host.remove_endpoint(a);
+    host.set_response(200, &[]);
+    f.on_response();
+    assert_eq!(
+        host.response_header("x-served-by"),
+        Some(format!(" (#{a})"))
+    );
+    // A local answer (no attempt): both are empty.
+    host.start_request(TestRequest::get("/"));
+    host.set_response(404, &[]);
+    f.on_response();
+    assert_eq!(host.response_header("x-served-by").as_deref(), Some(" (#)"));
 }

@@ -19,6 +19,7 @@ fn ask(host: &MockHost, rl: &mut TestFilter<RateLimit>, req: TestRequest) -> Opt
             assert_eq!(reply.status, 429);
             Some(reply.header_value("retry-after").unwrap_or("-").to_owned())
         }
+        Action::Delay(d) => panic!("ratelimit never delays (asked for {d:?})"),
     }
 }
 

@@ -48,8 +48,14 @@
 //! first): `on_request` sets 1, and `on_attempt` sets the next number before asking for a retry
 //! (the host rebuilds each attempt's request from the current request head).
 //!
-//! Not supported: honouring an upstream's `Retry-After`. The response headers of an attempt do
-//! not reach `on_attempt` in ABI 0.1.0.
+//! # Retry-After
+//!
+//! When a retried outcome has status 503 or 429 and its response carries `Retry-After`
+//! (delta-seconds, or an HTTP-date the host converts to a delay from now), the filter honours
+//! it as Envoy does: a `Retry-After` of at most `backoff_max_ms` replaces the jittered backoff
+//! (the retry waits exactly that long); a longer one means no retry at all, and the 503 or 429
+//! is kept for the client (without spending retry budget). An unparseable `Retry-After`, or one
+//! on any other status, is ignored and the usual backoff applies.
 
 use std::time::Duration;
 
@@ -257,6 +263,16 @@ pub struct Retry {
     exhausted: Option<Counter>,
 }
 
+/// An outcome's `Retry-After`, judged against `backoff_max_ms`.
+enum RetryAfter {
+    /// None to honour: the jittered backoff applies.
+    Absent,
+    /// Retry after exactly this long.
+    Wait(Duration),
+    /// Longer than `backoff_max_ms`: do not retry.
+    TooLong(Duration),
+}
+
 /// Whether a request with this method may be sent twice.
 pub fn idempotent(method: &str) -> bool {
     matches!(
@@ -280,6 +296,20 @@ impl Retry {
                 (RetryOn::Status(code), None, Some(status)) => *code == status,
                 _ => false,
             })
+    }
+
+    /// What the outcome's `Retry-After` says, honoured on 503 and 429 only.
+    fn retry_after(&self, outcome: &AttemptOutcome) -> RetryAfter {
+        match (outcome.status, outcome.retry_after) {
+            (Some(503 | 429), Some(delay)) => {
+                if delay <= Duration::from_millis(u64::from(self.backoff_max_ms)) {
+                    RetryAfter::Wait(delay)
+                } else {
+                    RetryAfter::TooLong(delay)
+                }
+            }
+            _ => RetryAfter::Absent,
+        }
     }
 
     /// Full jitter: uniform in `[0, min(max, base * 2^(retry-1))]` milliseconds.
@@ -400,6 +430,19 @@ impl Filter for Retry {
         if !self.retry_non_idempotent && !idempotent(&req.method()) {
             return AttemptAction::Done;
         }
+        let delay = match self.retry_after(outcome) {
+            RetryAfter::Absent => self.backoff(outcome.attempt),
+            RetryAfter::Wait(delay) => delay,
+            RetryAfter::TooLong(delay) => {
+                spindle_sdk::debug!(
+                    "retry-after of {} ms on attempt {} to `{}` exceeds backoff_max_ms: not retried",
+                    delay.as_millis(),
+                    outcome.attempt,
+                    outcome.cluster
+                );
+                return AttemptAction::Done;
+            }
+        };
         if let Some(budget) = &self.budget
             && !budget.withdraw(&outcome.cluster)
         {
@@ -420,7 +463,7 @@ impl Filter for Retry {
         if self.attempt_header {
             req.set_header(ATTEMPT_HEADER, &(outcome.attempt + 1).to_string());
         }
-        AttemptAction::Retry(self.backoff(outcome.attempt))
+        AttemptAction::Retry(delay)
     }
 }
 

@@ -347,3 +347,65 @@ fn budget_config_is_checked() {
             .is_ok()
     );
 }
+
+#[test]
+fn retry_after_within_backoff_max_replaces_the_backoff() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"retry_on": ["5xx", "retriable-status:429"], "backoff_max_ms": 2000}),
+    );
+    host.start_request(TestRequest::get("/"));
+    for code in [503, 429] {
+        let outcome = status(1, code).with_retry_after(Duration::from_millis(1500));
+        assert_eq!(
+            r.on_attempt(&outcome),
+            AttemptAction::Retry(Duration::from_millis(1500)),
+            "{code}"
+        );
+    }
+    // Exactly backoff_max_ms is still honoured, and zero means at once.
+    let at_max = status(1, 503).with_retry_after(Duration::from_millis(2000));
+    assert_eq!(
+        r.on_attempt(&at_max),
+        AttemptAction::Retry(Duration::from_millis(2000))
+    );
+    let zero = status(1, 503).with_retry_after(Duration::ZERO);
+    assert_eq!(r.on_attempt(&zero), AttemptAction::Retry(Duration::ZERO));
+}
+
+#[test]
+fn retry_after_beyond_backoff_max_keeps_the_outcome() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"retry_on": ["5xx", "retriable-status:429"], "backoff_max_ms": 250, "budget_percent": 0, "budget_min_per_second": 1, "budget_window_ms": 1000}),
+    );
+    host.start_request(TestRequest::get("/"));
+    for code in [503, 429] {
+        let outcome = status(1, code).with_retry_after(Duration::from_secs(5));
+        assert_eq!(r.on_attempt(&outcome), AttemptAction::Done, "{code}");
+    }
+    assert_eq!(host.counter("retries_total", &["api", "5xx"]), 0.0);
+    // No budget was spent on them: the one retry the budget allows still gets through.
+    assert!(retries(r.on_attempt(&status(1, 503))));
+}
+
+#[test]
+fn retry_after_is_ignored_on_other_statuses() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"retry_on": ["5xx"], "backoff_base_ms": 10, "backoff_max_ms": 10}),
+    );
+    host.start_request(TestRequest::get("/"));
+    let outcome = status(1, 502).with_retry_after(Duration::from_secs(5));
+    match r.on_attempt(&outcome) {
+        AttemptAction::Retry(delay) => assert!(delay <= Duration::from_millis(10), "{delay:?}"),
+        AttemptAction::Done => panic!("502 is retried with the usual backoff"),
+    }
+    // A Retry-After never makes an outcome retried that retry_on does not name.
+    let mut strict = load(&host, json!({"retry_on": ["gateway-error"]}));
+    let outcome = status(1, 429).with_retry_after(Duration::ZERO);
+    assert_eq!(strict.on_attempt(&outcome), AttemptAction::Done);
+}

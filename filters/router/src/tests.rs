@@ -20,6 +20,7 @@ fn route(host: &MockHost, router: &mut TestFilter<Router>, req: TestRequest) -> 
     match router.on_request() {
         Action::Continue => host.cluster(),
         Action::Respond(reply) => panic!("answered {}", reply.status),
+        Action::Delay(d) => panic!("delayed {d:?}"),
     }
 }
 

@@ -8,7 +8,7 @@ mod local;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -106,7 +106,7 @@ impl Run<'_> {
     }
 
     async fn respond(&mut self, body: Incoming) -> (StatusCode, Response<DownBody>) {
-        let outcome = match self.request_phase() {
+        let outcome = match self.request_phase().await {
             Some(resp) => Outcome::Local(resp),
             None => self.upstream_phase(body).await,
         };
@@ -114,11 +114,19 @@ impl Run<'_> {
         (resp.status(), resp)
     }
 
-    fn request_phase(&mut self) -> Option<Response<DownBody>> {
+    async fn request_phase(&mut self) -> Option<Response<DownBody>> {
         for f in self.chain.filters.iter().filter(|f| f.has(Hooks::REQUEST)) {
             match f.on_request(self.ctx) {
                 Ok(RequestAction::Continue) => {}
                 Ok(RequestAction::Respond(reply)) => return Some(local::from_reply(reply)),
+                Ok(RequestAction::Delay(ms)) => {
+                    // The hook has returned its instance to the pool: the wait holds only this
+                    // request's task and its context.
+                    tracing::trace!(filter = %f.name, ms, "request delayed");
+                    if ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                    }
+                }
                 Err(e) => {
                     if let Some(r) = self.filter_failed(&e, f.fail_mode()) {
                         return Some(r);
@@ -210,6 +218,10 @@ impl Run<'_> {
                 error: attempt_error(kind),
                 latency_ns: latency.as_nanos() as u64,
                 retryable_body: replayable,
+                retry_after_ms: resp
+                    .as_ref()
+                    .and_then(|r| r.headers().get(header::RETRY_AFTER))
+                    .and_then(|v| retry_after_ms(v, SystemTime::now())),
             };
             let delay = match self.attempt_phase(&outcome) {
                 Ok(d) => d,
@@ -466,6 +478,19 @@ fn attempt_error(r: AttemptResult) -> Option<AttemptError> {
     }
 }
 
+/// A `Retry-After` value in milliseconds from `now`: delta-seconds (RFC 9110 10.2.3) times
+/// 1000, or an HTTP-date minus `now` (0 when it is past). None when it parses as neither.
+fn retry_after_ms(value: &HeaderValue, now: SystemTime) -> Option<u64> {
+    let text = value.to_str().ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // Delta-seconds of absurd length saturate rather than fail.
+        return Some(text.parse::<u64>().unwrap_or(u64::MAX).saturating_mul(1000));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    let ms = at.duration_since(now).map_or(0, |d| d.as_millis());
+    Some(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
 fn failure_response(kind: AttemptResult, attempts: u32, cluster: &str) -> Response<DownBody> {
     let (status, what) = match kind {
         AttemptResult::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out"),
@@ -547,6 +572,22 @@ mod tests {
         append_forwarded_for(&mut h, addr);
         append_forwarded_for(&mut h, "127.0.0.1:9".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 21 Oct 2015 07:28:00 GMT
+        let v = |s: &'static str| retry_after_ms(&HeaderValue::from_static(s), now);
+        assert_eq!(v("0"), Some(0));
+        assert_eq!(v("120"), Some(120_000));
+        assert_eq!(v(" 3 "), Some(3_000));
+        assert_eq!(v("99999999999999999999999"), Some(u64::MAX));
+        assert_eq!(v("Wed, 21 Oct 2015 07:28:05 GMT"), Some(5_000));
+        assert_eq!(v("Wed, 21 Oct 2015 07:27:00 GMT"), Some(0));
+        assert_eq!(v("-1"), None);
+        assert_eq!(v("1.5"), None);
+        assert_eq!(v("soon"), None);
+        assert_eq!(v(""), None);
     }
 
     #[test]

@@ -302,6 +302,10 @@ impl Host for HostState {
         })
     }
 
+    fn endpoint_address(&mut self, id: u32) -> Option<String> {
+        self.env.upstreams.endpoint(id).map(|e| e.address.clone())
+    }
+
     fn cluster_stats(&mut self, cluster: String) -> Option<ClusterStats> {
         let c = self.env.upstreams.cluster(&cluster)?;
         let now = self.env.upstreams.now_ms();

@@ -107,6 +107,9 @@ pub(crate) fn endpoint_stats(id: u32) -> Option<EndpointStats> {
         total_failures: s.total_failures,
     })
 }
+pub(crate) fn endpoint_address(id: u32) -> Option<String> {
+    host::endpoint_address(id)
+}
 pub(crate) fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
     host::cluster_stats(cluster).map(|s| ClusterStats {
         endpoints: s.endpoints,

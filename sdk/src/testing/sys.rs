@@ -193,6 +193,9 @@ pub(crate) fn endpoint_stats(id: u32) -> Option<EndpointStats> {
         })
     })
 }
+pub(crate) fn endpoint_address(id: u32) -> Option<String> {
+    with(|s| s.endpoints.get(&id).map(|e| e.address.clone()))
+}
 pub(crate) fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
     with(|s| {
         let now = s.monotonic_ns;

@@ -195,3 +195,27 @@ fn config_errors_name_the_key() {
     assert!(host.load_json::<F>("{").is_err());
     assert_eq!(<F as Filter>::HOOKS, Hooks::NONE);
 }
+
+#[test]
+fn endpoint_addresses_are_known_until_the_endpoint_leaves() {
+    let host = MockHost::new();
+    let a = host.add_endpoint("api", "10.0.0.1:80", 1);
+    let b = host.add_endpoint("web", "[2001:db8::1]:8080", 1);
+    assert_eq!(
+        crate::endpoints::endpoint_address(a).as_deref(),
+        Some("10.0.0.1:80")
+    );
+    assert_eq!(
+        crate::endpoints::endpoint_address(b).as_deref(),
+        Some("[2001:db8::1]:8080")
+    );
+    // Ejected endpoints keep their address.
+    crate::endpoints::eject_endpoint(a, Duration::from_secs(10));
+    assert_eq!(
+        crate::endpoints::endpoint_address(a).as_deref(),
+        Some("10.0.0.1:80")
+    );
+    host.remove_endpoint(a);
+    assert_eq!(crate::endpoints::endpoint_address(a), None);
+    assert_eq!(crate::endpoints::endpoint_address(99), None);
+}
