@@ -47,7 +47,9 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(proxy.metrics.render())));
+            let mut text = proxy.metrics.render();
+            crate::runtime::render_filter_gauges(&proxy.runtime.load(), &mut text);
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -60,9 +62,13 @@ fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
             json(&v)
         }
         "/clusters" => json(&proxy.upstreams.to_json()),
+        "/filters" => json(&crate::runtime::filters_json(
+            &proxy.runtime.load(),
+            &proxy.metrics,
+        )),
         "/" => text(
             StatusCode::OK,
-            "spindle admin: /ready /metrics /config /clusters\n".into(),
+            "spindle admin: /ready /metrics /config /clusters /filters\n".into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use self::io::ActivityIo;
 use crate::config::ListenerConfig;
 use crate::runtime::Proxy;
+use crate::telemetry::ListenerStats;
 
 /// Open downstream connections of every listener, for draining.
 #[derive(Default)]
@@ -32,11 +33,12 @@ impl Connections {
     }
 }
 
-struct ConnGuard(Arc<Connections>);
+struct ConnGuard(Arc<Connections>, Arc<ListenerStats>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.1.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -50,6 +52,7 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name: Arc<str> = Arc::from(cfg.name.as_str());
+    let stats = proxy.metrics.listener(&cfg.name);
     let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -82,7 +85,8 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         conns.open.fetch_add(1, Ordering::AcqRel);
-        let guard = ConnGuard(conns.clone());
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnGuard(conns.clone(), stats.clone());
         let proxy = proxy.clone();
         let name = name.clone();
         let builder = builder.clone();

@@ -186,11 +186,9 @@ fn build(
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
-                errors.push(format!(
-                    "filter `{name}`: {}: cannot read: {e}",
-                    path.display()
-                ));
-                metrics.filter_reload(name, false);
+                let msg = format!("filter `{name}`: {}: cannot read: {e}", path.display());
+                metrics.filter_reload(name, false, &msg);
+                errors.push(msg);
                 continue;
             }
         };
@@ -207,11 +205,10 @@ fn build(
         match FilterModule::from_bytes(engine, env, name, spec, &json, path.clone(), &bytes) {
             Ok(m) => {
                 tracing::info!(filter = %name, module = %path.display(), sha256 = %&sha[..12], "filter loaded");
-                metrics.filter_reload(name, true);
+                metrics.filter_reload(name, true, &sha);
                 filters.insert(name.clone(), m);
             }
             Err(e) => {
-                metrics.filter_reload(name, false);
                 let msg = match &e {
                     LoadError::Config { message } => {
                         let span = spec.config.as_ref().map_or(spanned.span(), |c| c.span());
@@ -224,6 +221,7 @@ fn build(
                     }
                     other => format!("filter `{name}`: {other}"),
                 };
+                metrics.filter_reload(name, false, &msg);
                 errors.push(msg);
             }
         }
@@ -375,6 +373,63 @@ fn key_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usize 
         from = at + key.len();
     }
     span.start
+}
+
+/// `GET /filters`: each filter's running version, pool and reload history.
+pub(crate) fn filters_json(runtime: &Runtime, metrics: &Metrics) -> serde_json::Value {
+    let filters: Vec<serde_json::Value> = runtime
+        .filters
+        .iter()
+        .map(|(name, f)| {
+            let loaded = f
+                .loaded_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            serde_json::json!({
+                "name": name,
+                "module": f.path.display().to_string(),
+                "sha256": f.sha256,
+                "loaded_at_unix_ms": loaded,
+                "hooks": hook_names(f.hooks),
+                "fail": f.spec.fail,
+                "instances": f.instances.load(Ordering::Relaxed),
+                "idle_instances": f.idle_instances(),
+                "calls": f.calls.load(Ordering::Relaxed),
+                "errors": f.errors.load(Ordering::Relaxed),
+                "reloads": metrics.reload_history(name),
+            })
+        })
+        .collect();
+    serde_json::json!({ "filters": filters })
+}
+
+/// Gauges that describe the running filter versions, appended to `/metrics`.
+pub(crate) fn render_filter_gauges(runtime: &Runtime, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push_str(
+        "# HELP spindle_filter_instances Live instances of the running version of each filter.\n",
+    );
+    out.push_str("# TYPE spindle_filter_instances gauge\n");
+    for (name, f) in &runtime.filters {
+        let _ = writeln!(
+            out,
+            "spindle_filter_instances{{filter=\"{}\"}} {}",
+            crate::telemetry::escape(name),
+            f.instances.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str(
+        "# HELP spindle_filter_idle_instances Warm instances waiting in each filter's pool.\n",
+    );
+    out.push_str("# TYPE spindle_filter_idle_instances gauge\n");
+    for (name, f) in &runtime.filters {
+        let _ = writeln!(
+            out,
+            "spindle_filter_idle_instances{{filter=\"{}\"}} {}",
+            crate::telemetry::escape(name),
+            f.idle_instances()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! (reloads, filter errors) and filter-defined series live in maps behind a
 //! mutex.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,19 +17,50 @@ pub(crate) const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A lock-free histogram over [`DURATION_BUCKETS`].
-#[derive(Default)]
+/// Filter hook calls take microseconds: their own buckets, in seconds.
+pub(crate) const CALL_BUCKETS: [f64; 12] = [
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.005,
+    0.02,
+];
+
+/// A lock-free histogram over fixed bounds (seconds).
 pub(crate) struct Histogram {
-    buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    bounds: &'static [f64],
+    buckets: Box<[AtomicU64]>,
     count: AtomicU64,
     /// Sum in nanoseconds.
     sum_ns: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::with_bounds(&DURATION_BUCKETS)
+    }
+}
+
 impl Histogram {
+    pub(crate) fn with_bounds(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn observe_ns(&self, ns: u64) {
         let secs = ns as f64 / 1e9;
-        if let Some(i) = DURATION_BUCKETS.iter().position(|b| secs <= *b) {
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -39,7 +70,7 @@ impl Histogram {
     pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
@@ -57,6 +88,8 @@ pub(crate) struct ListenerStats {
     pub(crate) name: String,
     codes: Box<[AtomicU64; 600]>,
     pub(crate) duration: Histogram,
+    /// Open downstream connections.
+    pub(crate) connections: AtomicU64,
 }
 
 impl ListenerStats {
@@ -65,6 +98,7 @@ impl ListenerStats {
             name: name.to_string(),
             codes: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             duration: Histogram::default(),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -74,6 +108,15 @@ impl ListenerStats {
         }
         self.duration.observe_ns(duration_ns);
     }
+}
+
+/// Reload events kept per filter for `GET /filters`.
+const RELOAD_HISTORY: usize = 10;
+
+struct ReloadEvent {
+    at_unix_ms: u64,
+    result: &'static str,
+    detail: String,
 }
 
 /// Something that renders its own series at scrape time.
@@ -86,6 +129,7 @@ pub(crate) trait Collector: Send + Sync {
 pub(crate) struct Metrics {
     listeners: Mutex<Vec<Arc<ListenerStats>>>,
     reloads: Mutex<BTreeMap<(String, &'static str), u64>>,
+    history: Mutex<BTreeMap<String, VecDeque<ReloadEvent>>>,
     config_reloads: Mutex<BTreeMap<&'static str, u64>>,
     filter_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     filters: Mutex<BTreeMap<String, Arc<FilterMetrics>>>,
@@ -104,11 +148,45 @@ impl Metrics {
         l
     }
 
-    pub(crate) fn filter_reload(&self, filter: &str, ok: bool) {
+    /// Counts a load attempt of a filter version and keeps it in the
+    /// filter's history (`detail`: the sha256, or the error).
+    pub(crate) fn filter_reload(&self, filter: &str, ok: bool, detail: &str) {
         let result = if ok { "ok" } else { "error" };
         *lock(&self.reloads)
             .entry((filter.to_string(), result))
             .or_default() += 1;
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut history = lock(&self.history);
+        let events = history.entry(filter.to_string()).or_default();
+        if events.len() == RELOAD_HISTORY {
+            events.pop_front();
+        }
+        events.push_back(ReloadEvent {
+            at_unix_ms,
+            result,
+            detail: detail.to_string(),
+        });
+    }
+
+    /// The last reloads of a filter, oldest first.
+    pub(crate) fn reload_history(&self, filter: &str) -> Vec<serde_json::Value> {
+        lock(&self.history)
+            .get(filter)
+            .map(|events| {
+                events
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "at_unix_ms": e.at_unix_ms,
+                            "result": e.result,
+                            "detail": e.detail,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(crate) fn config_reload(&self, ok: bool) {
@@ -164,6 +242,31 @@ impl Metrics {
             );
         }
         out.push_str(
+            "# HELP spindle_downstream_connections Open downstream connections, by listener.\n",
+        );
+        out.push_str("# TYPE spindle_downstream_connections gauge\n");
+        for l in &listeners {
+            let _ = writeln!(
+                out,
+                "spindle_downstream_connections{{listener=\"{}\"}} {}",
+                escape(&l.name),
+                l.connections.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP spindle_filter_call_duration_seconds Duration of filter hook calls, by filter and hook.\n");
+        out.push_str("# TYPE spindle_filter_call_duration_seconds histogram\n");
+        for f in lock(&self.filters).values() {
+            for (hook, h) in HOOK_NAMES.iter().zip(f.calls.iter()) {
+                if h.count.load(Ordering::Relaxed) > 0 {
+                    h.render(
+                        &mut out,
+                        "spindle_filter_call_duration_seconds",
+                        &format!("filter=\"{}\",hook=\"{hook}\"", escape(&f.filter)),
+                    );
+                }
+            }
+        }
+        out.push_str(
             "# HELP spindle_filter_reloads_total Filter loads and reloads, by filter and result.\n",
         );
         out.push_str("# TYPE spindle_filter_reloads_total counter\n");
@@ -210,7 +313,13 @@ pub(crate) enum Kind {
 pub(crate) struct FilterMetrics {
     filter: String,
     families: Mutex<Vec<Arc<Family>>>,
+    /// Hook call durations, indexed like [`HOOK_NAMES`].
+    pub(crate) calls: [Histogram; 5],
 }
+
+/// The hooks whose call durations are measured.
+/// (`pick` includes the `endpoints-changed` push that may precede it.)
+pub(crate) const HOOK_NAMES: [&str; 5] = ["request", "pick", "attempt", "response", "done"];
 
 /// Series cap per filter-defined metric, so that a filter cannot exhaust memory.
 pub(crate) const MAX_SERIES_PER_METRIC: usize = 1000;
@@ -241,6 +350,7 @@ impl FilterMetrics {
         Self {
             filter: filter.to_string(),
             families: Mutex::new(Vec::new()),
+            calls: std::array::from_fn(|_| Histogram::with_bounds(&CALL_BUCKETS)),
         }
     }
 
@@ -485,7 +595,8 @@ mod tests {
         let l = m.listener("edge");
         l.record(200, 1_000_000);
         l.record(503, 30_000_000);
-        m.filter_reload("router", true);
+        m.filter_reload("router", true, "abc");
+        assert_eq!(m.reload_history("router")[0]["detail"], "abc");
         let text = m.render();
         assert!(text.contains("spindle_requests_total{listener=\"edge\",code=\"503\"} 1"));
         assert!(

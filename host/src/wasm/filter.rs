@@ -238,9 +238,11 @@ impl FilterModule {
     /// Runs one guest call with the request bound to a checked-out instance.
     fn call<R>(
         &self,
+        hook: usize,
         req: &mut Option<Box<RequestCtx>>,
         f: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
     ) -> Result<R, FilterError> {
+        let started = std::time::Instant::now();
         let mut slot = self.checkout()?;
         self.calls.fetch_add(1, Ordering::Relaxed);
         slot.store.data_mut().req = req.take();
@@ -248,6 +250,9 @@ impl FilterModule {
             .set_epoch_deadline(self.spec.call_timeout_ms.max(1));
         let result = f(&mut slot);
         *req = slot.store.data_mut().req.take();
+        if let Some(h) = self.metrics.calls.get(hook) {
+            h.observe_ns(started.elapsed().as_nanos() as u64);
+        }
         match result {
             Ok(v) => {
                 self.checkin(slot);
@@ -272,7 +277,7 @@ impl FilterModule {
         &self,
         req: &mut Option<Box<RequestCtx>>,
     ) -> Result<RequestAction, FilterError> {
-        self.call(req, |s| {
+        self.call(HOOK_REQUEST, req, |s| {
             s.bindings
                 .spindle_filter_filter()
                 .call_on_request(&mut s.store)
@@ -289,7 +294,7 @@ impl FilterModule {
         attempt: u32,
         previous: Option<u32>,
     ) -> Result<Option<u32>, FilterError> {
-        self.call(req, |s| {
+        self.call(HOOK_PICK, req, |s| {
             let known = s.views.iter().position(|(c, _)| **c == *cluster.name);
             if known.map(|i| s.views[i].1) != Some(healthy.generation) {
                 let list: Vec<WitEndpoint> = healthy
@@ -327,7 +332,7 @@ impl FilterModule {
         req: &mut Option<Box<RequestCtx>>,
         outcome: &AttemptOutcome,
     ) -> Result<AttemptAction, FilterError> {
-        self.call(req, |s| {
+        self.call(HOOK_ATTEMPT, req, |s| {
             s.bindings
                 .spindle_filter_filter()
                 .call_on_attempt(&mut s.store, outcome)
@@ -335,7 +340,7 @@ impl FilterModule {
     }
 
     pub(crate) fn on_response(&self, req: &mut Option<Box<RequestCtx>>) -> Result<(), FilterError> {
-        self.call(req, |s| {
+        self.call(HOOK_RESPONSE, req, |s| {
             s.bindings
                 .spindle_filter_filter()
                 .call_on_response(&mut s.store)
@@ -347,13 +352,20 @@ impl FilterModule {
         req: &mut Option<Box<RequestCtx>>,
         summary: &RequestSummary,
     ) -> Result<(), FilterError> {
-        self.call(req, |s| {
+        self.call(HOOK_DONE, req, |s| {
             s.bindings
                 .spindle_filter_filter()
                 .call_on_done(&mut s.store, summary)
         })
     }
 }
+
+// Indexes into `FilterMetrics::calls` (see `telemetry::HOOK_NAMES`).
+const HOOK_REQUEST: usize = 0;
+const HOOK_PICK: usize = 1;
+const HOOK_ATTEMPT: usize = 2;
+const HOOK_RESPONSE: usize = 3;
+const HOOK_DONE: usize = 4;
 
 enum InstantiateError {
     Config(String),
