@@ -31,7 +31,7 @@ pub(crate) fn from_reply(reply: LocalReply) -> Response<DownBody> {
     let mut r = Response::new(DownBody::Local(body));
     *r.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (k, v) in reply.headers {
+    for (k, v) in reply.headers.into_iter().take(crate::wasm::MAX_HEADERS) {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(&v),

@@ -76,6 +76,10 @@ impl HostState {
     }
 
     fn set_header(&mut self, response: bool, name: &str, value: &str, append: bool) {
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            self.bad_input("header value too long");
+            return;
+        }
         let (Some(n), Ok(v)) = (header_name(name), HeaderValue::from_str(value)) else {
             self.bad_input("invalid header name or value");
             return;
@@ -88,6 +92,12 @@ impl HostState {
             },
             (None, _) => return,
         };
+        // A filter cannot grow a request without bound (and HeaderMap panics
+        // past 32,768 entries).
+        if headers.len() >= MAX_HEADERS && (append || !headers.contains_key(&n)) {
+            self.bad_input("too many headers");
+            return;
+        }
         if append {
             headers.append(n, v);
         } else {
@@ -95,6 +105,10 @@ impl HostState {
         }
     }
 }
+
+/// Bounds on what filters may add to a request or response.
+pub(crate) const MAX_HEADERS: usize = 1024;
+pub(crate) const MAX_HEADER_VALUE_BYTES: usize = 64 * 1024;
 
 impl Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
@@ -387,3 +401,64 @@ impl Host for HostState {
 }
 
 impl super::bindings::spindle::filter::types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::telemetry::Metrics;
+
+    fn state() -> HostState {
+        let metrics = Arc::new(Metrics::default());
+        let env = Arc::new(HostEnv {
+            store: SharedStore::default(),
+            upstreams: Arc::new(Upstreams::new(Instant::now())),
+            metrics: metrics.clone(),
+            start: Instant::now(),
+        });
+        let (head, ()) = http::Request::new(()).into_parts();
+        let client: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        HostState {
+            filter: Arc::from("f"),
+            env,
+            filter_metrics: metrics.filter("f"),
+            req: Some(Box::new(RequestCtx::new(head, client, "id".into()))),
+            memory_limit: 1 << 20,
+            memory_exceeded: false,
+        }
+    }
+
+    #[test]
+    fn a_filter_cannot_grow_headers_without_bound() {
+        let mut s = state();
+        for i in 0..(MAX_HEADERS + 500) {
+            s.add_request_header("x-flood".into(), i.to_string());
+        }
+        s.set_request_header("x-new".into(), "1".into());
+        s.set_request_header("x-huge".into(), "v".repeat(MAX_HEADER_VALUE_BYTES + 1));
+        s.set_request_header("bad name".into(), "1".into());
+        let headers = &s.req.as_ref().expect("bound request").head.headers;
+        assert_eq!(headers.len(), MAX_HEADERS);
+        assert!(!headers.contains_key("x-new"));
+        // Replacing an existing header is still allowed at the cap.
+        s.set_request_header("x-flood".into(), "only".into());
+        let headers = &s.req.as_ref().expect("bound request").head.headers;
+        assert_eq!(headers.get_all("x-flood").iter().count(), 1);
+    }
+
+    #[test]
+    fn request_vars_are_per_filter_and_bounded() {
+        let mut s = state();
+        s.set_request_var("k".into(), "v".into());
+        assert_eq!(s.request_var("k".into()).as_deref(), Some("v"));
+        s.set_request_var("big".into(), "x".repeat(MAX_VAR_BYTES + 1));
+        assert_eq!(s.request_var("big".into()), None);
+        s.filter = Arc::from("other");
+        assert_eq!(
+            s.request_var("k".into()),
+            None,
+            "another filter's var is private"
+        );
+    }
+}

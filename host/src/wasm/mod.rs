@@ -20,5 +20,5 @@ pub(crate) use self::bindings::exports::spindle::filter::filter::{
 pub(crate) use self::bindings::spindle::filter::types::{AttemptError, Hooks};
 pub(crate) use self::engine::{WasmEngine, default_cache_dir};
 pub(crate) use self::filter::{FilterError, FilterModule, LoadError, sha256_hex};
-pub(crate) use self::host::HostEnv;
+pub(crate) use self::host::{HostEnv, MAX_HEADERS};
 pub(crate) use self::store::SharedStore;
