@@ -12,7 +12,7 @@ FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
-.PHONY: all setup build filters host demo test fmt-check clippy unit readme clean
+.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean
 
 all: build
 
@@ -51,9 +51,14 @@ clippy: setup
 	$(CARGO) clippy -q --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -q --target $(WASM_TARGET) $(foreach c,$(WASM_CRATES),-p $(c)) -- -D warnings
 
+# Test tools from Debian: promtool (package `prometheus`) checks /metrics.
+test-deps:
+	@command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 # Unit tests, the filters' native tests, and the integration tests (which
 # start the real debug binary with the Wasm filters built above).
-unit: filters
+unit: filters test-deps
 	$(CARGO) build -q --workspace
 	$(CARGO) test -q --workspace
 
