@@ -266,27 +266,12 @@ pub(crate) fn config_json(runtime: &Runtime) -> serde_json::Value {
         .filters
         .iter()
         .map(|(name, f)| {
-            let loaded = f
-                .loaded_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            (
-                name.clone(),
-                serde_json::json!({
-                    "module": f.path.display().to_string(),
-                    "sha256": f.sha256,
-                    "loaded_at_unix_ms": loaded,
-                    "fail": f.spec.fail,
-                    "memory_limit_mb": f.spec.memory_limit_mb,
-                    "call_timeout_ms": f.spec.call_timeout_ms,
-                    "hooks": hook_names(f.hooks),
-                    "config": serde_json::from_str::<serde_json::Value>(&Config::filter_config_json(&f.spec)).unwrap_or_default(),
-                    "instances": f.instances.load(Ordering::Relaxed),
-                    "idle_instances": f.idle_instances(),
-                    "calls": f.calls.load(Ordering::Relaxed),
-                    "errors": f.errors.load(Ordering::Relaxed),
-                }),
-            )
+            let mut v = version_json(f);
+            v["memory_limit_mb"] = f.spec.memory_limit_mb.into();
+            v["call_timeout_ms"] = f.spec.call_timeout_ms.into();
+            v["config"] =
+                serde_json::from_str(&Config::filter_config_json(&f.spec)).unwrap_or_default();
+            (name.clone(), v)
         })
         .collect();
     let listeners: Vec<_> = c
@@ -375,60 +360,68 @@ fn key_offset(text: &str, span: std::ops::Range<usize>, message: &str) -> usize 
     span.start
 }
 
+/// What `/config` and `/filters` both say of a running filter version.
+fn version_json(f: &FilterModule) -> serde_json::Value {
+    let loaded = f
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    serde_json::json!({
+        "module": f.path.display().to_string(),
+        "sha256": f.sha256,
+        "loaded_at_unix_ms": loaded,
+        "hooks": hook_names(f.hooks),
+        "fail": f.spec.fail,
+        "instances": f.instances.load(Ordering::Relaxed),
+        "idle_instances": f.idle_instances(),
+        "calls": f.calls.load(Ordering::Relaxed),
+        "errors": f.errors.load(Ordering::Relaxed),
+    })
+}
+
 /// `GET /filters`: each filter's running version, pool and reload history.
 pub(crate) fn filters_json(runtime: &Runtime, metrics: &Metrics) -> serde_json::Value {
     let filters: Vec<serde_json::Value> = runtime
         .filters
         .iter()
         .map(|(name, f)| {
-            let loaded = f
-                .loaded_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            serde_json::json!({
-                "name": name,
-                "module": f.path.display().to_string(),
-                "sha256": f.sha256,
-                "loaded_at_unix_ms": loaded,
-                "hooks": hook_names(f.hooks),
-                "fail": f.spec.fail,
-                "instances": f.instances.load(Ordering::Relaxed),
-                "idle_instances": f.idle_instances(),
-                "calls": f.calls.load(Ordering::Relaxed),
-                "errors": f.errors.load(Ordering::Relaxed),
-                "reloads": metrics.reload_history(name),
-            })
+            let mut v = version_json(f);
+            v["name"] = name.as_str().into();
+            v["reloads"] = metrics.reload_history(name).into();
+            v
         })
         .collect();
     serde_json::json!({ "filters": filters })
 }
 
+/// A per-filter gauge: name, help, and its value.
+type FilterGauge = (&'static str, &'static str, fn(&FilterModule) -> usize);
+
 /// Gauges that describe the running filter versions, appended to `/metrics`.
 pub(crate) fn render_filter_gauges(runtime: &Runtime, out: &mut String) {
     use std::fmt::Write as _;
-    out.push_str(
-        "# HELP spindle_filter_instances Live instances of the running version of each filter.\n",
-    );
-    out.push_str("# TYPE spindle_filter_instances gauge\n");
-    for (name, f) in &runtime.filters {
-        let _ = writeln!(
-            out,
-            "spindle_filter_instances{{filter=\"{}\"}} {}",
-            crate::telemetry::escape(name),
-            f.instances.load(Ordering::Relaxed)
-        );
-    }
-    out.push_str(
-        "# HELP spindle_filter_idle_instances Warm instances waiting in each filter's pool.\n",
-    );
-    out.push_str("# TYPE spindle_filter_idle_instances gauge\n");
-    for (name, f) in &runtime.filters {
-        let _ = writeln!(
-            out,
-            "spindle_filter_idle_instances{{filter=\"{}\"}} {}",
-            crate::telemetry::escape(name),
-            f.idle_instances()
-        );
+    let gauges: [FilterGauge; 2] = [
+        (
+            "spindle_filter_instances",
+            "Live instances of the running version of each filter.",
+            |f| f.instances.load(Ordering::Relaxed),
+        ),
+        (
+            "spindle_filter_idle_instances",
+            "Warm instances waiting in each filter's pool.",
+            FilterModule::idle_instances,
+        ),
+    ];
+    for (metric, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+        for (name, f) in &runtime.filters {
+            let _ = writeln!(
+                out,
+                "{metric}{{filter=\"{}\"}} {}",
+                crate::telemetry::escape(name),
+                value(f)
+            );
+        }
     }
 }
 
