@@ -1,30 +1,4 @@
-//! Spindle: a WebAssembly-programmable HTTP proxy.
-//!
-//! # Layout
-//! The modules follow one request:
-//! - [`listener`]: accept TCP, serve HTTP/1.1 and HTTP/2, limits, drain.
-//! - [`chain`]: the filter phases of one request, attempts and retries,
-//!   local responses.
-//! - [`upstream`]: clusters, endpoints and their stats, ejection, pooled
-//!   clients, request and response bodies.
-//!
-//! Beside them:
-//! - [`wasm`]: the engine, filter versions with their instance pools, the
-//!   host side of the ABI (`sdk/wit`), the shared store.
-//! - [`config`]: the TOML schema, `file:line` errors, validation.
-//! - [`runtime`]: the swappable snapshot of config + filters, reloads and
-//!   the file watcher that triggers them.
-//! - [`admin`]: `/ready`, `/metrics`, `/config`, `/clusters`.
-//! - [`telemetry`]: metrics registry and logging.
-
-mod admin;
-mod chain;
-mod config;
-mod listener;
-mod runtime;
-mod telemetry;
-mod upstream;
-mod wasm;
+//! The `spindle` command line: `run`, `check`, `--version`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -35,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
-use crate::runtime::Proxy;
+use spindle_host::config::Config;
+use spindle_host::runtime::Proxy;
+use spindle_host::{admin, listener, runtime, telemetry};
 
 #[derive(Parser)]
 #[command(

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::runtime::Proxy;
 
 /// Serves admin requests until the process ends.
-pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -7,30 +7,30 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 
 /// The response head, while `on-response` hooks run.
-pub(crate) struct ResponseHead {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
 }
 
 /// One request's state, handed to each filter instance for the duration of a
 /// hook call (moved in and out as a `Box`, so binding costs a pointer move).
-pub(crate) struct RequestCtx {
-    pub(crate) head: http::request::Parts,
-    pub(crate) client: SocketAddr,
-    pub(crate) cluster: Option<String>,
-    pub(crate) per_try_timeout: Option<Duration>,
-    pub(crate) request_id: String,
+pub struct RequestCtx {
+    pub head: http::request::Parts,
+    pub client: SocketAddr,
+    pub cluster: Option<String>,
+    pub per_try_timeout: Option<Duration>,
+    pub request_id: String,
     /// Per-filter request variables: (filter, name, value).
-    pub(crate) vars: Vec<(Arc<str>, String, String)>,
-    pub(crate) response: Option<ResponseHead>,
+    pub vars: Vec<(Arc<str>, String, String)>,
+    pub response: Option<ResponseHead>,
 }
 
 /// Request variables are bounded: a filter cannot grow a request without limit.
-pub(crate) const MAX_VARS: usize = 64;
-pub(crate) const MAX_VAR_BYTES: usize = 4096;
+pub const MAX_VARS: usize = 64;
+pub const MAX_VAR_BYTES: usize = 4096;
 
 impl RequestCtx {
-    pub(crate) fn new(head: http::request::Parts, client: SocketAddr, request_id: String) -> Self {
+    pub fn new(head: http::request::Parts, client: SocketAddr, request_id: String) -> Self {
         Self {
             head,
             client,
@@ -43,7 +43,7 @@ impl RequestCtx {
     }
 
     /// The authority: the URI's, else the `host` header.
-    pub(crate) fn authority(&self) -> Option<&str> {
+    pub fn authority(&self) -> Option<&str> {
         self.head.uri.authority().map(|a| a.as_str()).or_else(|| {
             self.head
                 .headers

@@ -9,7 +9,7 @@ use crate::upstream::DownBody;
 use crate::wasm::bindings::spindle::filter::types::LocalReply;
 
 /// A short plain-text response saying why.
-pub(crate) fn local(status: StatusCode, text: &str) -> Response<DownBody> {
+pub fn local(status: StatusCode, text: &str) -> Response<DownBody> {
     let mut r = Response::new(DownBody::Local(Some(Bytes::copy_from_slice(
         text.as_bytes(),
     ))));
@@ -22,7 +22,7 @@ pub(crate) fn local(status: StatusCode, text: &str) -> Response<DownBody> {
 }
 
 /// A filter's local reply; invalid statuses or headers are replaced or dropped.
-pub(crate) fn from_reply(reply: LocalReply) -> Response<DownBody> {
+pub fn from_reply(reply: LocalReply) -> Response<DownBody> {
     let body = if reply.body.is_empty() {
         None
     } else {

@@ -17,7 +17,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-pub(crate) use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
+pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
 use self::local::local;
 use crate::config::FailMode;
 use crate::runtime::{Chain, Proxy};
@@ -28,7 +28,7 @@ use crate::wasm::{
 
 /// Answers one downstream request. Never fails: every error becomes a
 /// local response.
-pub(crate) async fn handle(
+pub async fn handle(
     proxy: &Arc<Proxy>,
     listener: &str,
     req: Request<Incoming>,

@@ -14,10 +14,10 @@ use toml::Spanned;
 
 /// A configuration error, pointing at the file and line it is about.
 #[derive(Debug, Clone, thiserror::Error)]
-pub(crate) struct ConfigError {
-    pub(crate) file: PathBuf,
-    pub(crate) line: Option<usize>,
-    pub(crate) message: String,
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
 }
 
 impl fmt::Display for ConfigError {
@@ -32,37 +32,37 @@ impl fmt::Display for ConfigError {
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Config {
+pub struct Config {
     /// The admin listener.
     #[serde(default)]
-    pub(crate) admin: AdminConfig,
+    pub admin: AdminConfig,
     /// Downstream listeners, each with its filter chain.
     #[serde(default, rename = "listener")]
-    pub(crate) listeners: Vec<ListenerConfig>,
+    pub listeners: Vec<ListenerConfig>,
     /// Filters by name.
     #[serde(default, rename = "filter")]
-    pub(crate) filters: BTreeMap<String, Spanned<FilterConfig>>,
+    pub filters: BTreeMap<String, Spanned<FilterConfig>>,
     /// Upstream clusters by name.
     #[serde(default, rename = "cluster")]
-    pub(crate) clusters: BTreeMap<String, Spanned<ClusterConfig>>,
+    pub clusters: BTreeMap<String, Spanned<ClusterConfig>>,
     /// Host-wide runtime settings.
     #[serde(default)]
-    pub(crate) runtime: RuntimeConfig,
+    pub runtime: RuntimeConfig,
     /// The file this came from (not part of the TOML).
     #[serde(skip)]
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
     /// The text it was parsed from, for line numbers.
     #[serde(skip)]
-    pub(crate) text: String,
+    pub text: String,
 }
 
 /// `[admin]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AdminConfig {
+pub struct AdminConfig {
     /// Address of the admin HTTP listener (loopback by default).
     #[serde(default = "default_admin_listen")]
-    pub(crate) listen: String,
+    pub listen: String,
 }
 
 impl Default for AdminConfig {
@@ -80,32 +80,32 @@ fn default_admin_listen() -> String {
 /// `[[listener]]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ListenerConfig {
+pub struct ListenerConfig {
     /// Name used in metrics and logs.
-    pub(crate) name: String,
+    pub name: String,
     /// `ip:port` to bind; port 0 lets the OS choose.
-    pub(crate) listen: Spanned<String>,
+    pub listen: Spanned<String>,
     /// The filter chain, in order.
     #[serde(default)]
-    pub(crate) filters: Vec<Spanned<String>>,
+    pub filters: Vec<Spanned<String>>,
     /// TLS (not supported yet: refused with a clear error).
     #[serde(default)]
-    pub(crate) tls: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<toml::Value>>,
     /// Largest request head accepted, in bytes.
     #[serde(default = "default_max_header_bytes")]
-    pub(crate) max_header_bytes: usize,
+    pub max_header_bytes: usize,
     /// Time a client has to send a complete request head (slowloris guard).
     #[serde(default = "default_header_read_timeout_ms")]
-    pub(crate) header_read_timeout_ms: u64,
+    pub header_read_timeout_ms: u64,
     /// A connection with no request for this long is closed.
     #[serde(default = "default_idle_timeout_ms")]
-    pub(crate) idle_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
     /// Concurrent downstream connections; more wait in the accept queue.
     #[serde(default = "default_max_connections")]
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
     /// Request bodies up to this size are buffered so that they can be retried.
     #[serde(default = "default_retry_buffer_bytes")]
-    pub(crate) retry_buffer_bytes: usize,
+    pub retry_buffer_bytes: usize,
 }
 
 fn default_max_header_bytes() -> usize {
@@ -127,7 +127,7 @@ fn default_retry_buffer_bytes() -> usize {
 /// What happens to a request when a filter breaks (trap, deadline, bad answer).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum FailMode {
+pub enum FailMode {
     /// The request gets a 503 naming the filter.
     #[default]
     Closed,
@@ -138,24 +138,24 @@ pub(crate) enum FailMode {
 /// `[filter.NAME]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FilterConfig {
+pub struct FilterConfig {
     /// Path of the Wasm component (relative to the config file's folder).
-    pub(crate) module: PathBuf,
+    pub module: PathBuf,
     /// `closed` (default) or `open`.
     #[serde(default)]
-    pub(crate) fail: FailMode,
+    pub fail: FailMode,
     /// Handed to the filter as JSON; the filter checks it.
     #[serde(default)]
-    pub(crate) config: Option<Spanned<toml::Value>>,
+    pub config: Option<Spanned<toml::Value>>,
     /// Linear memory cap per instance, in MiB.
     #[serde(default = "default_memory_limit_mb")]
-    pub(crate) memory_limit_mb: u64,
+    pub memory_limit_mb: u64,
     /// Deadline for one hook call, in milliseconds.
     #[serde(default = "default_call_timeout_ms")]
-    pub(crate) call_timeout_ms: u64,
+    pub call_timeout_ms: u64,
     /// Warm instances kept idle in the pool.
     #[serde(default = "default_max_idle_instances")]
-    pub(crate) max_idle_instances: usize,
+    pub max_idle_instances: usize,
 }
 
 fn default_memory_limit_mb() -> u64 {
@@ -171,28 +171,28 @@ fn default_max_idle_instances() -> usize {
 /// `[cluster.NAME]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ClusterConfig {
+pub struct ClusterConfig {
     /// Static members.
     #[serde(default)]
-    pub(crate) endpoints: Vec<EndpointSpec>,
+    pub endpoints: Vec<EndpointSpec>,
     /// TCP connect timeout.
     #[serde(default = "default_connect_timeout_ms")]
-    pub(crate) connect_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
     /// Default per-try timeout (until the response head); the retry filter may override it.
     #[serde(default = "default_timeout_ms")]
-    pub(crate) timeout_ms: u64,
+    pub timeout_ms: u64,
     /// Speak HTTP/2 with prior knowledge to the endpoints.
     #[serde(default)]
-    pub(crate) http2: bool,
+    pub http2: bool,
     /// Idle upstream connections kept per endpoint.
     #[serde(default = "default_max_idle_per_endpoint")]
-    pub(crate) max_idle_per_endpoint: usize,
+    pub max_idle_per_endpoint: usize,
     /// Dynamic discovery (not supported yet: refused with a clear error).
     #[serde(default)]
-    pub(crate) discovery: Option<toml::Value>,
+    pub discovery: Option<toml::Value>,
     /// Upstream TLS (not supported yet: refused with a clear error).
     #[serde(default)]
-    pub(crate) tls: Option<toml::Value>,
+    pub tls: Option<toml::Value>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -208,7 +208,7 @@ fn default_max_idle_per_endpoint() -> usize {
 /// One static endpoint: `"host:port"` or `{ address = "host:port", weight = 2 }`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(untagged)]
-pub(crate) enum EndpointSpec {
+pub enum EndpointSpec {
     /// Just the address, weight 1.
     Address(String),
     /// Address and weight.
@@ -218,12 +218,12 @@ pub(crate) enum EndpointSpec {
 /// `{ address, weight }`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct WeightedEndpoint {
+pub struct WeightedEndpoint {
     /// `host:port`.
-    pub(crate) address: String,
+    pub address: String,
     /// Relative weight, at least 1.
     #[serde(default = "default_weight")]
-    pub(crate) weight: u32,
+    pub weight: u32,
 }
 
 fn default_weight() -> u32 {
@@ -231,13 +231,13 @@ fn default_weight() -> u32 {
 }
 
 impl EndpointSpec {
-    pub(crate) fn address(&self) -> &str {
+    pub fn address(&self) -> &str {
         match self {
             EndpointSpec::Address(a) => a,
             EndpointSpec::Weighted(w) => &w.address,
         }
     }
-    pub(crate) fn weight(&self) -> u32 {
+    pub fn weight(&self) -> u32 {
         match self {
             EndpointSpec::Address(_) => 1,
             EndpointSpec::Weighted(w) => w.weight,
@@ -248,14 +248,14 @@ impl EndpointSpec {
 /// `[runtime]`: host-wide settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RuntimeConfig {
+pub struct RuntimeConfig {
     /// Where compiled filters are cached (default: `$SPINDLE_CACHE_DIR`,
     /// else `$XDG_CACHE_HOME/spindle`, else `~/.cache/spindle`).
     #[serde(default)]
-    pub(crate) cache_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(default = "default_drain_timeout_ms")]
-    pub(crate) drain_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -273,7 +273,7 @@ fn default_drain_timeout_ms() -> u64 {
 
 impl Config {
     /// Reads and parses a file, then validates it.
-    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: None,
@@ -285,7 +285,7 @@ impl Config {
     }
 
     /// Parses text; `path` is used for messages and relative paths only.
-    pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: e.span().map(|s| line_of(text, s.start)),
@@ -305,13 +305,13 @@ impl Config {
     }
 
     /// Line of a byte offset in this config's text.
-    pub(crate) fn line_of(&self, offset: usize) -> usize {
+    pub fn line_of(&self, offset: usize) -> usize {
         line_of(&self.text, offset)
     }
 
     /// Checks everything that can be checked without loading filters:
     /// addresses, names, references between sections.
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Err(e) = self.admin.listen.parse::<SocketAddr>() {
             return Err(self.error(
                 None,
@@ -453,7 +453,7 @@ impl Config {
     }
 
     /// Resolves a path from the config relative to the config file's folder.
-    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
+    pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -462,7 +462,7 @@ impl Config {
     }
 
     /// A filter's config as JSON text (`{}` when absent).
-    pub(crate) fn filter_config_json(f: &FilterConfig) -> String {
+    pub fn filter_config_json(f: &FilterConfig) -> String {
         match &f.config {
             None => "{}".to_string(),
             Some(v) => {
@@ -473,7 +473,7 @@ impl Config {
 }
 
 /// The largest per-instance memory a filter may ask for.
-pub(crate) const MAX_MEMORY_MB: u64 = 1024;
+pub const MAX_MEMORY_MB: u64 = 1024;
 
 fn collect_cluster_refs(v: &toml::Value, under_cluster_key: bool, f: &mut impl FnMut(&str)) {
     match v {
@@ -491,7 +491,7 @@ fn collect_cluster_refs(v: &toml::Value, under_cluster_key: bool, f: &mut impl F
 }
 
 /// TOML values as JSON values (datetimes become strings).
-pub(crate) fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+pub fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
         toml::Value::String(s) => J::String(s.clone()),
@@ -511,7 +511,7 @@ pub(crate) fn toml_to_json(v: &toml::Value) -> serde_json::Value {
 }
 
 /// 1-based line of a byte offset.
-pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()
@@ -522,7 +522,7 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a message
 /// with a suggestion.
-pub(crate) fn improve_message(msg: &str) -> String {
+pub fn improve_message(msg: &str) -> String {
     let msg = msg.trim();
     let Some(at) = msg.find("unknown field `") else {
         return msg.to_string();

@@ -11,13 +11,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// When a connection last read or wrote, in ms since it opened.
-pub(crate) struct Activity {
+pub struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    pub(crate) fn idle_for(&self) -> Duration {
+    pub fn idle_for(&self) -> Duration {
         let now = self.opened.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
@@ -28,13 +28,13 @@ impl Activity {
     }
 }
 
-pub(crate) struct ActivityIo {
+pub struct ActivityIo {
     inner: TcpStream,
     activity: Arc<Activity>,
 }
 
 impl ActivityIo {
-    pub(crate) fn new(inner: TcpStream) -> (Self, Arc<Activity>) {
+    pub fn new(inner: TcpStream) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),

@@ -23,12 +23,12 @@ use crate::telemetry::ListenerStats;
 
 /// Open downstream connections of every listener, for draining.
 #[derive(Default)]
-pub(crate) struct Connections {
+pub struct Connections {
     open: AtomicUsize,
 }
 
 impl Connections {
-    pub(crate) fn open(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 }
@@ -44,7 +44,7 @@ impl Drop for ConnGuard {
 
 /// Accepts until `shutdown` flips, then asks every connection to finish its
 /// in-flight requests and close.
-pub(crate) async fn serve(
+pub async fn serve(
     listener: TcpListener,
     cfg: ListenerConfig,
     proxy: Arc<Proxy>,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-pub(crate) use self::watch::watch;
+pub use self::watch::watch;
 use crate::config::Config;
 use crate::telemetry::{ListenerStats, Metrics};
 use crate::upstream::Upstreams;
@@ -21,38 +21,38 @@ use crate::wasm::{FilterModule, Hooks, HostEnv, LoadError, SharedStore, WasmEngi
 
 /// A listener's filters, in order, with what the request path needs to know
 /// about them precomputed.
-pub(crate) struct Chain {
-    pub(crate) filters: Vec<Arc<FilterModule>>,
+pub struct Chain {
+    pub filters: Vec<Arc<FilterModule>>,
     /// The first filter that declares the pick hook.
-    pub(crate) balancer: Option<Arc<FilterModule>>,
-    pub(crate) has_response_hooks: bool,
-    pub(crate) has_done_hooks: bool,
-    pub(crate) retry_buffer_bytes: usize,
-    pub(crate) stats: Arc<ListenerStats>,
+    pub balancer: Option<Arc<FilterModule>>,
+    pub has_response_hooks: bool,
+    pub has_done_hooks: bool,
+    pub retry_buffer_bytes: usize,
+    pub stats: Arc<ListenerStats>,
 }
 
 /// One consistent generation of config and filters.
-pub(crate) struct Runtime {
-    pub(crate) config: Arc<Config>,
-    pub(crate) filters: BTreeMap<String, Arc<FilterModule>>,
-    pub(crate) chains: HashMap<String, Arc<Chain>>,
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub filters: BTreeMap<String, Arc<FilterModule>>,
+    pub chains: HashMap<String, Arc<Chain>>,
 }
 
 /// Everything that lives as long as the process.
-pub(crate) struct Proxy {
-    pub(crate) runtime: ArcSwap<Runtime>,
-    pub(crate) upstreams: Arc<Upstreams>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) env: Arc<HostEnv>,
-    pub(crate) engine: WasmEngine,
-    pub(crate) ready: AtomicBool,
-    pub(crate) config_path: PathBuf,
+pub struct Proxy {
+    pub runtime: ArcSwap<Runtime>,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+    pub env: Arc<HostEnv>,
+    pub engine: WasmEngine,
+    pub ready: AtomicBool,
+    pub config_path: PathBuf,
 }
 
 impl Proxy {
     /// Builds the proxy from a validated config, loading every filter.
     /// Errors are one line per problem, each naming file, line or filter.
-    pub(crate) fn new(config: Config) -> Result<Arc<Proxy>, Vec<String>> {
+    pub fn new(config: Config) -> Result<Arc<Proxy>, Vec<String>> {
         let start = Instant::now();
         let cache_dir = config
             .runtime
@@ -84,13 +84,13 @@ impl Proxy {
         }))
     }
 
-    pub(crate) fn is_ready(&self) -> bool {
+    pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// Re-reads the config file and every module; swaps in a new runtime if
     /// anything changed and everything loads, else keeps the old one.
-    pub(crate) fn reload(&self) -> Result<bool, Vec<String>> {
+    pub fn reload(&self) -> Result<bool, Vec<String>> {
         let current = self.runtime.load_full();
         let text = std::fs::read_to_string(&self.config_path)
             .map_err(|e| vec![format!("{}: cannot read: {e}", self.config_path.display())])?;
@@ -254,13 +254,13 @@ fn build(
 }
 
 /// `spindle check`: everything `run` does before binding sockets.
-pub(crate) fn check(config: Config) -> Result<usize, Vec<String>> {
+pub fn check(config: Config) -> Result<usize, Vec<String>> {
     let n = config.filters.len();
     Proxy::new(config).map(|_| n)
 }
 
 /// `GET /config`.
-pub(crate) fn config_json(runtime: &Runtime) -> serde_json::Value {
+pub fn config_json(runtime: &Runtime) -> serde_json::Value {
     let c = &runtime.config;
     let filters: serde_json::Map<String, serde_json::Value> = runtime
         .filters
@@ -380,7 +380,7 @@ fn version_json(f: &FilterModule) -> serde_json::Value {
 }
 
 /// `GET /filters`: each filter's running version, pool and reload history.
-pub(crate) fn filters_json(runtime: &Runtime, metrics: &Metrics) -> serde_json::Value {
+pub fn filters_json(runtime: &Runtime, metrics: &Metrics) -> serde_json::Value {
     let filters: Vec<serde_json::Value> = runtime
         .filters
         .iter()
@@ -398,7 +398,7 @@ pub(crate) fn filters_json(runtime: &Runtime, metrics: &Metrics) -> serde_json::
 type FilterGauge = (&'static str, &'static str, fn(&FilterModule) -> usize);
 
 /// Gauges that describe the running filter versions, appended to `/metrics`.
-pub(crate) fn render_filter_gauges(runtime: &Runtime, out: &mut String) {
+pub fn render_filter_gauges(runtime: &Runtime, out: &mut String) {
     use std::fmt::Write as _;
     let gauges: [FilterGauge; 2] = [
         (

@@ -22,7 +22,7 @@ const MAX_DELAY: Duration = Duration::from_millis(400);
 
 /// Watches until the process ends. Returns an error only if no watcher can
 /// be created at all.
-pub(crate) fn watch(proxy: Arc<Proxy>) -> anyhow::Result<()> {
+pub fn watch(proxy: Arc<Proxy>) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res

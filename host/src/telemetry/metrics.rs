@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Latency buckets in seconds, shared by every duration histogram.
-pub(crate) const DURATION_BUCKETS: [f64; 14] = [
+pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Filter hook calls take microseconds: their own buckets, in seconds.
-pub(crate) const CALL_BUCKETS: [f64; 12] = [
+pub const CALL_BUCKETS: [f64; 12] = [
     0.000_001,
     0.000_002_5,
     0.000_005,
@@ -34,7 +34,7 @@ pub(crate) const CALL_BUCKETS: [f64; 12] = [
 ];
 
 /// A lock-free histogram over fixed bounds (seconds).
-pub(crate) struct Histogram {
+pub struct Histogram {
     bounds: &'static [f64],
     buckets: Box<[AtomicU64]>,
     count: AtomicU64,
@@ -49,7 +49,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    pub(crate) fn with_bounds(bounds: &'static [f64]) -> Self {
+    pub fn with_bounds(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
             buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -58,7 +58,7 @@ impl Histogram {
         }
     }
 
-    pub(crate) fn observe_ns(&self, ns: u64) {
+    pub fn observe_ns(&self, ns: u64) {
         let secs = ns as f64 / 1e9;
         if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -67,7 +67,7 @@ impl Histogram {
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, b) in self.bounds.iter().enumerate() {
@@ -84,16 +84,16 @@ impl Histogram {
 }
 
 /// Per-listener request counters, indexed by status code.
-pub(crate) struct ListenerStats {
-    pub(crate) name: String,
+pub struct ListenerStats {
+    pub name: String,
     codes: Box<[AtomicU64; 600]>,
-    pub(crate) duration: Histogram,
+    pub duration: Histogram,
     /// Open downstream connections.
-    pub(crate) connections: AtomicU64,
+    pub connections: AtomicU64,
 }
 
 impl ListenerStats {
-    pub(crate) fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
             codes: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
@@ -102,7 +102,7 @@ impl ListenerStats {
         }
     }
 
-    pub(crate) fn record(&self, status: u16, duration_ns: u64) {
+    pub fn record(&self, status: u16, duration_ns: u64) {
         if let Some(c) = self.codes.get(status as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -120,13 +120,13 @@ struct ReloadEvent {
 }
 
 /// Something that renders its own series at scrape time.
-pub(crate) trait Collector: Send + Sync {
+pub trait Collector: Send + Sync {
     fn collect(&self, out: &mut String);
 }
 
 /// The host's metric registry.
 #[derive(Default)]
-pub(crate) struct Metrics {
+pub struct Metrics {
     listeners: Mutex<Vec<Arc<ListenerStats>>>,
     reloads: Mutex<BTreeMap<(String, &'static str), u64>>,
     history: Mutex<BTreeMap<String, VecDeque<ReloadEvent>>>,
@@ -138,7 +138,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     /// Stats for a listener, created on first use and kept across reloads.
-    pub(crate) fn listener(&self, name: &str) -> Arc<ListenerStats> {
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
         let mut ls = lock(&self.listeners);
         if let Some(l) = ls.iter().find(|l| l.name == name) {
             return l.clone();
@@ -150,7 +150,7 @@ impl Metrics {
 
     /// Counts a load attempt of a filter version and keeps it in the
     /// filter's history (`detail`: the sha256, or the error).
-    pub(crate) fn filter_reload(&self, filter: &str, ok: bool, detail: &str) {
+    pub fn filter_reload(&self, filter: &str, ok: bool, detail: &str) {
         let result = if ok { "ok" } else { "error" };
         *lock(&self.reloads)
             .entry((filter.to_string(), result))
@@ -171,7 +171,7 @@ impl Metrics {
     }
 
     /// The last reloads of a filter, oldest first.
-    pub(crate) fn reload_history(&self, filter: &str) -> Vec<serde_json::Value> {
+    pub fn reload_history(&self, filter: &str) -> Vec<serde_json::Value> {
         lock(&self.history)
             .get(filter)
             .map(|events| {
@@ -189,13 +189,13 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    pub(crate) fn config_reload(&self, ok: bool) {
+    pub fn config_reload(&self, ok: bool) {
         *lock(&self.config_reloads)
             .entry(if ok { "ok" } else { "error" })
             .or_default() += 1;
     }
 
-    pub(crate) fn filter_error(&self, filter: &str, kind: &'static str) {
+    pub fn filter_error(&self, filter: &str, kind: &'static str) {
         *lock(&self.filter_errors)
             .entry((filter.to_string(), kind))
             .or_default() += 1;
@@ -203,19 +203,19 @@ impl Metrics {
 
     /// The metric families a filter defined; shared by all its versions so
     /// that a reload keeps the counts.
-    pub(crate) fn filter(&self, name: &str) -> Arc<FilterMetrics> {
+    pub fn filter(&self, name: &str) -> Arc<FilterMetrics> {
         lock(&self.filters)
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(FilterMetrics::new(name)))
             .clone()
     }
 
-    pub(crate) fn add_collector(&self, c: Arc<dyn Collector>) {
+    pub fn add_collector(&self, c: Arc<dyn Collector>) {
         lock(&self.collectors).push(c);
     }
 
     /// The whole registry in Prometheus text format.
-    pub(crate) fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         let listeners = lock(&self.listeners).clone();
         out.push_str("# HELP spindle_requests_total Downstream requests answered, by listener and status code.\n");
@@ -303,29 +303,29 @@ impl Metrics {
 
 /// Kinds of filter-defined metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     Counter,
     Gauge,
     Histogram,
 }
 
 /// The metrics one filter defined.
-pub(crate) struct FilterMetrics {
+pub struct FilterMetrics {
     filter: String,
     families: Mutex<Vec<Arc<Family>>>,
     /// Hook call durations, indexed like [`HOOK_NAMES`].
-    pub(crate) calls: [Histogram; 5],
+    pub calls: [Histogram; 5],
 }
 
 /// The hooks whose call durations are measured.
 /// (`pick` includes the `endpoints-changed` push that may precede it.)
-pub(crate) const HOOK_NAMES: [&str; 5] = ["request", "pick", "attempt", "response", "done"];
+pub const HOOK_NAMES: [&str; 5] = ["request", "pick", "attempt", "response", "done"];
 
 /// Series cap per filter-defined metric, so that a filter cannot exhaust memory.
-pub(crate) const MAX_SERIES_PER_METRIC: usize = 1000;
+pub const MAX_SERIES_PER_METRIC: usize = 1000;
 const MAX_METRICS_PER_FILTER: usize = 256;
 
-pub(crate) struct Family {
+pub struct Family {
     name: String,
     help: String,
     kind: Kind,
@@ -355,7 +355,7 @@ impl FilterMetrics {
     }
 
     /// Defines (or finds) a metric; returns its id.
-    pub(crate) fn define(
+    pub fn define(
         &self,
         kind: Kind,
         name: &str,
@@ -399,12 +399,7 @@ impl FilterMetrics {
         Ok((fams.len() - 1) as u32)
     }
 
-    pub(crate) fn record(
-        &self,
-        id: u32,
-        label_values: Vec<String>,
-        value: f64,
-    ) -> Result<(), String> {
+    pub fn record(&self, id: u32, label_values: Vec<String>, value: f64) -> Result<(), String> {
         let fam = lock(&self.families)
             .get(id as usize)
             .cloned()
@@ -525,7 +520,7 @@ fn sanitize(s: &str) -> String {
 }
 
 /// Escapes a label value.
-pub(crate) fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -533,7 +528,7 @@ pub(crate) fn escape(s: &str) -> String {
 
 /// Locks a mutex, recovering from poisoning (a panicking scrape must not
 /// take metrics down for good).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -2,12 +2,12 @@
 
 mod metrics;
 
-pub(crate) use self::metrics::{
+pub use self::metrics::{
     Collector, FilterMetrics, Histogram, Kind, ListenerStats, Metrics, escape, lock,
 };
 
 /// Sets up `tracing` for the process: `RUST_LOG` wins over `--log-level`.
-pub(crate) fn init_logging(level: &str, json: bool) {
+pub fn init_logging(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 /// The body of one upstream attempt. An enum rather than a boxed trait object:
 /// this is on every request's path.
-pub(crate) enum UpBody {
+pub enum UpBody {
     /// A complete body (possibly empty); cloning the `Bytes` is cheap, so
     /// every attempt gets its own.
     Full(Option<Bytes>),
@@ -23,7 +23,7 @@ pub(crate) enum UpBody {
 }
 
 impl UpBody {
-    pub(crate) fn full(b: Bytes) -> Self {
+    pub fn full(b: Bytes) -> Self {
         if b.is_empty() {
             UpBody::Full(None)
         } else {
@@ -76,7 +76,7 @@ impl Body for UpBody {
 }
 
 /// The body of a downstream response: the upstream's, streamed, or a local one.
-pub(crate) enum DownBody {
+pub enum DownBody {
     Upstream(Incoming),
     Local(Option<Bytes>),
 }

@@ -21,7 +21,7 @@ use crate::telemetry::{Collector, Histogram, escape};
 
 /// How an attempt ended, as counted in `spindle_upstream_requests_total{result}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum AttemptResult {
+pub enum AttemptResult {
     Status2xx,
     Status3xx,
     Status4xx,
@@ -46,7 +46,7 @@ impl AttemptResult {
         AttemptResult::Error,
     ];
 
-    pub(crate) fn from_status(s: u16) -> Self {
+    pub fn from_status(s: u16) -> Self {
         match s {
             200..=299 => AttemptResult::Status2xx,
             300..=399 => AttemptResult::Status3xx,
@@ -70,7 +70,7 @@ impl AttemptResult {
         }
     }
 
-    pub(crate) fn is_failure(self) -> bool {
+    pub fn is_failure(self) -> bool {
         !matches!(
             self,
             AttemptResult::Status2xx
@@ -82,32 +82,32 @@ impl AttemptResult {
 }
 
 /// One member of a cluster, with the stats the host keeps for it.
-pub(crate) struct Endpoint {
-    pub(crate) id: u32,
-    pub(crate) cluster: Arc<str>,
-    pub(crate) address: String,
-    pub(crate) authority: http::uri::Authority,
-    pub(crate) weight: u32,
-    pub(crate) in_flight: AtomicU32,
+pub struct Endpoint {
+    pub id: u32,
+    pub cluster: Arc<str>,
+    pub address: String,
+    pub authority: http::uri::Authority,
+    pub weight: u32,
+    pub in_flight: AtomicU32,
     /// EWMA of latency in ns (0: no sample yet).
-    pub(crate) ewma_ns: AtomicU64,
-    pub(crate) consecutive_failures: AtomicU32,
-    pub(crate) total: AtomicU64,
-    pub(crate) failures: AtomicU64,
+    pub ewma_ns: AtomicU64,
+    pub consecutive_failures: AtomicU32,
+    pub total: AtomicU64,
+    pub failures: AtomicU64,
     /// Host-monotonic ms until which the endpoint is ejected; 0 when not.
-    pub(crate) ejected_until_ms: AtomicU64,
-    pub(crate) ejections: AtomicU64,
+    pub ejected_until_ms: AtomicU64,
+    pub ejections: AtomicU64,
     results: [AtomicU64; 9],
     removed: AtomicBool,
 }
 
 impl Endpoint {
-    pub(crate) fn is_ejected(&self, now_ms: u64) -> bool {
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
     /// Records an attempt's outcome in the endpoint's stats.
-    pub(crate) fn record(&self, result: AttemptResult, latency: Duration) {
+    pub fn record(&self, result: AttemptResult, latency: Duration) {
         self.total.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = AttemptResult::ALL.iter().position(|r| *r == result) {
             self.results[i].fetch_add(1, Ordering::Relaxed);
@@ -131,10 +131,10 @@ impl Endpoint {
 }
 
 /// Increments an endpoint's in-flight count for as long as it lives.
-pub(crate) struct InFlight(Arc<Endpoint>);
+pub struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
-    pub(crate) fn new(e: Arc<Endpoint>) -> Self {
+    pub fn new(e: Arc<Endpoint>) -> Self {
         e.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(e)
     }
@@ -149,37 +149,37 @@ impl Drop for InFlight {
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// The members of a cluster that may be picked, with the generation they belong to.
-pub(crate) struct Healthy {
-    pub(crate) generation: u64,
-    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+pub struct Healthy {
+    pub generation: u64,
+    pub endpoints: Vec<Arc<Endpoint>>,
 }
 
 /// An upstream cluster.
-pub(crate) struct Cluster {
-    pub(crate) name: Arc<str>,
-    pub(crate) settings: ArcSwap<ClusterConfig>,
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub settings: ArcSwap<ClusterConfig>,
     members: ArcSwap<Vec<Arc<Endpoint>>>,
     healthy: ArcSwap<Healthy>,
     /// Earliest ejection expiry among members (u64::MAX: none).
     next_expiry_ms: AtomicU64,
     client: ArcSwap<Client<HttpConnector, UpBody>>,
-    pub(crate) retries: AtomicU64,
-    pub(crate) duration: Histogram,
+    pub retries: AtomicU64,
+    pub duration: Histogram,
     membership: std::sync::Mutex<()>,
     cursor: std::sync::atomic::AtomicUsize,
 }
 
 impl Cluster {
-    pub(crate) fn client(&self) -> Arc<Client<HttpConnector, UpBody>> {
+    pub fn client(&self) -> Arc<Client<HttpConnector, UpBody>> {
         self.client.load_full()
     }
 
-    pub(crate) fn members(&self) -> Arc<Vec<Arc<Endpoint>>> {
+    pub fn members(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.members.load_full()
     }
 
     /// The current healthy set, after un-ejecting members whose time is up.
-    pub(crate) fn healthy(&self, now_ms: u64) -> Arc<Healthy> {
+    pub fn healthy(&self, now_ms: u64) -> Arc<Healthy> {
         if now_ms >= self.next_expiry_ms.load(Ordering::Relaxed) {
             self.rebuild_healthy(now_ms);
         }
@@ -225,13 +225,13 @@ impl Cluster {
 
     /// The host's own choice when a chain has no balancer (or it failed open):
     /// plain round robin over the healthy set.
-    pub(crate) fn round_robin(&self, healthy: &Healthy) -> Arc<Endpoint> {
+    pub fn round_robin(&self, healthy: &Healthy) -> Arc<Endpoint> {
         let i = self.cursor.fetch_add(1, Ordering::Relaxed) % healthy.endpoints.len().max(1);
         healthy.endpoints[i].clone()
     }
 
     /// In-flight requests over every member.
-    pub(crate) fn in_flight(&self) -> u32 {
+    pub fn in_flight(&self) -> u32 {
         self.members
             .load()
             .iter()
@@ -241,7 +241,7 @@ impl Cluster {
 }
 
 /// Every cluster and endpoint, with id lookup for the host API.
-pub(crate) struct Upstreams {
+pub struct Upstreams {
     clusters: ArcSwap<HashMap<String, Arc<Cluster>>>,
     by_id: RwLock<HashMap<u32, Arc<Endpoint>>>,
     next_id: AtomicU32,
@@ -249,7 +249,7 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    pub(crate) fn new(start: Instant) -> Self {
+    pub fn new(start: Instant) -> Self {
         Self {
             clusters: ArcSwap::from_pointee(HashMap::new()),
             by_id: RwLock::new(HashMap::new()),
@@ -259,15 +259,15 @@ impl Upstreams {
     }
 
     /// Host-monotonic milliseconds.
-    pub(crate) fn now_ms(&self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
-    pub(crate) fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+    pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
         self.clusters.load().get(name).cloned()
     }
 
-    pub(crate) fn endpoint(&self, id: u32) -> Option<Arc<Endpoint>> {
+    pub fn endpoint(&self, id: u32) -> Option<Arc<Endpoint>> {
         self.by_id
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -277,7 +277,7 @@ impl Upstreams {
 
     /// Applies a config's clusters: new ones are created, changed ones
     /// updated in place (members keep their stats), missing ones removed.
-    pub(crate) fn apply(&self, configs: &[(String, ClusterConfig)]) {
+    pub fn apply(&self, configs: &[(String, ClusterConfig)]) {
         let old = self.clusters.load_full();
         let mut next = HashMap::with_capacity(configs.len());
         for (name, cfg) in configs {
@@ -321,7 +321,7 @@ impl Upstreams {
     }
 
     /// Replaces a cluster's membership (static config today, discovery later).
-    pub(crate) fn set_members(&self, cluster: &Cluster, specs: &[EndpointSpec]) {
+    pub fn set_members(&self, cluster: &Cluster, specs: &[EndpointSpec]) {
         let old = cluster.members.load_full();
         let mut members = Vec::with_capacity(specs.len());
         let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
@@ -370,7 +370,7 @@ impl Upstreams {
     }
 
     /// Ejects an endpoint for `ms`; false if it is unknown.
-    pub(crate) fn eject(&self, id: u32, ms: u32) -> bool {
+    pub fn eject(&self, id: u32, ms: u32) -> bool {
         let Some(e) = self.endpoint(id) else {
             return false;
         };
@@ -387,7 +387,7 @@ impl Upstreams {
     }
 
     /// `GET /clusters`.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    pub fn to_json(&self) -> serde_json::Value {
         let now = self.now_ms();
         let clusters = self.clusters.load();
         let mut names: Vec<_> = clusters.keys().collect();

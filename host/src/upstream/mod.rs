@@ -4,5 +4,5 @@
 mod body;
 mod cluster;
 
-pub(crate) use self::body::{DownBody, UpBody};
-pub(crate) use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};
+pub use self::body::{DownBody, UpBody};
+pub use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};

@@ -13,11 +13,11 @@ use super::host::HostState;
 use crate::config::MAX_MEMORY_MB;
 
 /// How often the epoch advances: the unit of per-call deadlines.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Why a module could not be turned into something runnable.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CompileError {
+pub enum CompileError {
     #[error("is a core Wasm module, not a component: turn it into one with `spindle-componentize`")]
     CoreModule,
     #[error("is not a Wasm component (bad magic bytes)")]
@@ -27,17 +27,17 @@ pub(crate) enum CompileError {
 }
 
 /// The engine plus what every filter load needs.
-pub(crate) struct WasmEngine {
-    pub(crate) engine: Engine,
-    pub(crate) linker: Linker<HostState>,
+pub struct WasmEngine {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
     /// False when the pooling allocator could not reserve its memory.
-    pub(crate) pooling: bool,
+    pub pooling: bool,
     cache_dir: Option<PathBuf>,
     cache_key: String,
 }
 
 impl WasmEngine {
-    pub(crate) fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let (engine, pooling) = match Engine::new(&config(true)) {
             Ok(e) => (e, true),
             Err(e) => {
@@ -83,7 +83,7 @@ impl WasmEngine {
     }
 
     /// Compiles a component, or loads it precompiled from the cache.
-    pub(crate) fn component(&self, bytes: &[u8], sha256: &str) -> Result<Component, CompileError> {
+    pub fn component(&self, bytes: &[u8], sha256: &str) -> Result<Component, CompileError> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(CompileError::NotWasm);
         }
@@ -149,7 +149,7 @@ fn config(pooling: bool) -> wasmtime::Config {
 }
 
 /// The default compile-cache folder.
-pub(crate) fn default_cache_dir() -> Option<PathBuf> {
+pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SPINDLE_CACHE_DIR") {
         return Some(PathBuf::from(d));
     }

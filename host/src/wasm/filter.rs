@@ -29,7 +29,7 @@ use crate::upstream::{Cluster, Healthy};
 
 /// Why a filter version could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LoadError {
+pub enum LoadError {
     #[error("{path}: {source}")]
     Compile {
         path: PathBuf,
@@ -45,7 +45,7 @@ pub(crate) enum LoadError {
 
 /// How a hook call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FailKind {
+pub enum FailKind {
     Trap,
     Deadline,
     Memory,
@@ -53,7 +53,7 @@ pub(crate) enum FailKind {
 }
 
 impl FailKind {
-    pub(crate) fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             FailKind::Trap => "trap",
             FailKind::Deadline => "deadline",
@@ -66,10 +66,10 @@ impl FailKind {
 /// A failed hook call.
 #[derive(Debug, thiserror::Error)]
 #[error("filter `{filter}`: {} ({message})", kind.label())]
-pub(crate) struct FilterError {
-    pub(crate) filter: Arc<str>,
-    pub(crate) kind: FailKind,
-    pub(crate) message: String,
+pub struct FilterError {
+    pub filter: Arc<str>,
+    pub kind: FailKind,
+    pub message: String,
 }
 
 struct Slot {
@@ -80,28 +80,28 @@ struct Slot {
 }
 
 /// One version of one filter.
-pub(crate) struct FilterModule {
-    pub(crate) name: Arc<str>,
-    pub(crate) path: PathBuf,
-    pub(crate) sha256: String,
-    pub(crate) loaded_at: SystemTime,
-    pub(crate) spec: FilterConfig,
-    pub(crate) hooks: Hooks,
+pub struct FilterModule {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+    pub spec: FilterConfig,
+    pub hooks: Hooks,
     config_json: String,
     pre: SpindleFilterPre<HostState>,
     engine: wasmtime::Engine,
     env: Arc<HostEnv>,
     metrics: Arc<FilterMetrics>,
     idle: Mutex<Vec<Slot>>,
-    pub(crate) calls: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) instances: AtomicUsize,
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub instances: AtomicUsize,
 }
 
 impl FilterModule {
     /// Compiles, links, instantiates and initialises a filter: a version
     /// that gets through all of this is ready to serve.
-    pub(crate) fn from_bytes(
+    pub fn from_bytes(
         engine: &WasmEngine,
         env: &Arc<HostEnv>,
         name: &str,
@@ -154,15 +154,15 @@ impl FilterModule {
         Ok(Arc::new(module))
     }
 
-    pub(crate) fn fail_mode(&self) -> FailMode {
+    pub fn fail_mode(&self) -> FailMode {
         self.spec.fail
     }
 
-    pub(crate) fn has(&self, hook: Hooks) -> bool {
+    pub fn has(&self, hook: Hooks) -> bool {
         self.hooks.contains(hook)
     }
 
-    pub(crate) fn idle_instances(&self) -> usize {
+    pub fn idle_instances(&self) -> usize {
         lock(&self.idle).len()
     }
 
@@ -273,7 +273,7 @@ impl FilterModule {
         }
     }
 
-    pub(crate) fn on_request(
+    pub fn on_request(
         &self,
         req: &mut Option<Box<RequestCtx>>,
     ) -> Result<RequestAction, FilterError> {
@@ -286,7 +286,7 @@ impl FilterModule {
 
     /// Asks the balancer for an endpoint, first bringing the instance's view
     /// of the cluster up to date if it is stale.
-    pub(crate) fn pick(
+    pub fn pick(
         &self,
         req: &mut Option<Box<RequestCtx>>,
         cluster: &Cluster,
@@ -327,7 +327,7 @@ impl FilterModule {
         })
     }
 
-    pub(crate) fn on_attempt(
+    pub fn on_attempt(
         &self,
         req: &mut Option<Box<RequestCtx>>,
         outcome: &AttemptOutcome,
@@ -339,7 +339,7 @@ impl FilterModule {
         })
     }
 
-    pub(crate) fn on_response(&self, req: &mut Option<Box<RequestCtx>>) -> Result<(), FilterError> {
+    pub fn on_response(&self, req: &mut Option<Box<RequestCtx>>) -> Result<(), FilterError> {
         self.call(HOOK_RESPONSE, req, |s| {
             s.bindings
                 .spindle_filter_filter()
@@ -347,7 +347,7 @@ impl FilterModule {
         })
     }
 
-    pub(crate) fn on_done(
+    pub fn on_done(
         &self,
         req: &mut Option<Box<RequestCtx>>,
         summary: &RequestSummary,
@@ -383,6 +383,6 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// sha256 of a file's bytes, hex.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }

@@ -19,23 +19,23 @@ use crate::telemetry::{FilterMetrics, Kind, Metrics};
 use crate::upstream::Upstreams;
 
 /// What every instance of every filter shares.
-pub(crate) struct HostEnv {
-    pub(crate) store: SharedStore,
-    pub(crate) upstreams: Arc<Upstreams>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) start: Instant,
+pub struct HostEnv {
+    pub store: SharedStore,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+    pub start: Instant,
 }
 
 /// The data of one instance's `Store`.
-pub(crate) struct HostState {
-    pub(crate) filter: Arc<str>,
-    pub(crate) env: Arc<HostEnv>,
-    pub(crate) filter_metrics: Arc<FilterMetrics>,
+pub struct HostState {
+    pub filter: Arc<str>,
+    pub env: Arc<HostEnv>,
+    pub filter_metrics: Arc<FilterMetrics>,
     /// The request bound for the current hook call, if any.
-    pub(crate) req: Option<Box<RequestCtx>>,
-    pub(crate) memory_limit: usize,
+    pub req: Option<Box<RequestCtx>>,
+    pub memory_limit: usize,
     /// Set when the guest tried to grow past `memory_limit`.
-    pub(crate) memory_exceeded: bool,
+    pub memory_exceeded: bool,
 }
 
 impl wasmtime::ResourceLimiter for HostState {
@@ -107,8 +107,8 @@ impl HostState {
 }
 
 /// Bounds on what filters may add to a request or response.
-pub(crate) const MAX_HEADERS: usize = 1024;
-pub(crate) const MAX_HEADER_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_HEADERS: usize = 1024;
+pub const MAX_HEADER_VALUE_BYTES: usize = 64 * 1024;
 
 impl Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {

@@ -7,18 +7,18 @@ mod host;
 mod store;
 
 /// Bindings generated from `sdk/wit`, the only thing host and SDK share.
-pub(crate) mod bindings {
+pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "spindle-filter",
     });
 }
 
-pub(crate) use self::bindings::exports::spindle::filter::filter::{
+pub use self::bindings::exports::spindle::filter::filter::{
     AttemptAction, AttemptOutcome, RequestAction, RequestSummary,
 };
-pub(crate) use self::bindings::spindle::filter::types::{AttemptError, Hooks};
-pub(crate) use self::engine::{WasmEngine, default_cache_dir};
-pub(crate) use self::filter::{FilterError, FilterModule, LoadError, sha256_hex};
-pub(crate) use self::host::{HostEnv, MAX_HEADERS};
-pub(crate) use self::store::SharedStore;
+pub use self::bindings::spindle::filter::types::{AttemptError, Hooks};
+pub use self::engine::{WasmEngine, default_cache_dir};
+pub use self::filter::{FilterError, FilterModule, LoadError, sha256_hex};
+pub use self::host::{HostEnv, MAX_HEADERS};
+pub use self::store::SharedStore;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 /// Keys and values are bounded so that a filter cannot exhaust host memory.
-pub(crate) const MAX_KEY_BYTES: usize = 1024;
-pub(crate) const MAX_VALUE_BYTES: usize = 64 * 1024;
-pub(crate) const MAX_ENTRIES: usize = 1_000_000;
+pub const MAX_KEY_BYTES: usize = 1024;
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_ENTRIES: usize = 1_000_000;
 
 struct Entry {
     value: Vec<u8>,
@@ -29,7 +29,7 @@ impl Entry {
 
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum StoreError {
+pub enum StoreError {
     #[error("key longer than {MAX_KEY_BYTES} bytes")]
     KeyTooLong,
     #[error("value longer than {MAX_VALUE_BYTES} bytes")]
@@ -38,7 +38,7 @@ pub(crate) enum StoreError {
     Full,
 }
 
-pub(crate) struct SharedStore {
+pub struct SharedStore {
     shards: Vec<Mutex<HashMap<String, Entry>>>,
     hasher: RandomState,
 }
@@ -72,7 +72,7 @@ impl SharedStore {
         Ok(())
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
         let shard = self.shard(key);
         shard
@@ -81,7 +81,7 @@ impl SharedStore {
             .map(|e| e.value.clone())
     }
 
-    pub(crate) fn set(&self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), StoreError> {
+    pub fn set(&self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), StoreError> {
         Self::check(&key, &value)?;
         let now = Instant::now();
         let mut shard = self.shard(&key);
@@ -98,7 +98,7 @@ impl SharedStore {
         Ok(())
     }
 
-    pub(crate) fn cas(
+    pub fn cas(
         &self,
         key: String,
         expected: Option<&[u8]>,
@@ -129,7 +129,7 @@ impl SharedStore {
     }
 
     /// Counters are stored as decimal text, so `get` shows them readably.
-    pub(crate) fn add(&self, key: String, delta: i64, ttl_ms: u64) -> Result<i64, StoreError> {
+    pub fn add(&self, key: String, delta: i64, ttl_ms: u64) -> Result<i64, StoreError> {
         Self::check(&key, &[])?;
         let now = Instant::now();
         let mut shard = self.shard(&key);
@@ -160,12 +160,12 @@ impl SharedStore {
         }
     }
 
-    pub(crate) fn delete(&self, key: &str) {
+    pub fn delete(&self, key: &str) {
         self.shard(key).remove(key);
     }
 
     /// Drops expired entries; run periodically.
-    pub(crate) fn sweep(&self) {
+    pub fn sweep(&self) {
         let now = Instant::now();
         for s in &self.shards {
             s.lock()
