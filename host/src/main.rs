@@ -57,18 +57,26 @@ fn main() -> ExitCode {
     telemetry::init_logging(&cli.log_level, matches!(cli.log_format, LogFormat::Json));
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+        Command::Run { config: path } => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_errors(&[e.to_string()]);
+                    return ExitCode::from(2);
+                }
+            };
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if config.runtime.worker_threads > 0 {
+                builder.worker_threads(config.runtime.worker_threads);
+            }
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("spindle: cannot start the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(&config))
+            rt.block_on(run(config))
         }
     }
 }
@@ -99,14 +107,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            print_errors(&[e.to_string()]);
-            return ExitCode::from(2);
-        }
-    };
+async fn run(config: Config) -> ExitCode {
     let started = Instant::now();
     let proxy = match tokio::task::block_in_place(|| Proxy::new(config)) {
         Ok(p) => p,

@@ -256,6 +256,10 @@ pub struct RuntimeConfig {
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Threads that serve traffic (tokio workers); 0, the default, means
+    /// one per CPU. Read at start only.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -263,6 +267,7 @@ impl Default for RuntimeConfig {
         Self {
             cache_dir: None,
             drain_timeout_ms: default_drain_timeout_ms(),
+            worker_threads: 0,
         }
     }
 }
