@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use spindle_host::config::Config;
 use spindle_host::runtime::Proxy;
+use spindle_host::telemetry::access::AccessLog;
+use spindle_host::telemetry::trace::Tracing;
 use spindle_host::{admin, listener, runtime, telemetry};
 
 #[derive(Parser)]
@@ -125,6 +127,36 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = runtime.config.telemetry();
+    if telemetry.otlp_endpoint.is_some() {
+        match Tracing::start(&telemetry) {
+            Ok(t) => {
+                proxy.metrics.add_collector(t.stats.clone());
+                let _ = proxy.tracing.set(Arc::new(t));
+            }
+            Err(e) => {
+                print_errors(&[e]);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let config_dir = runtime
+        .config
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    for l in &runtime.config.listeners {
+        if let Some(target) = &l.access_log {
+            match AccessLog::open(&l.name, target.get_ref(), &config_dir) {
+                Ok(log) => proxy.access_logs.add(log),
+                Err(e) => {
+                    print_errors(&[e]);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     announce(&format!("admin listening on {}", local_addr(&admin)));
     tokio::spawn(admin::serve(admin, proxy.clone()));
 
@@ -192,6 +224,9 @@ async fn run(config: Config) -> ExitCode {
             open_connections = conns.open(),
             "drain timeout: closing the rest"
         );
+    }
+    if let Some(t) = proxy.tracing.get() {
+        t.shutdown(Duration::from_secs(2)).await;
     }
     ExitCode::SUCCESS
 }

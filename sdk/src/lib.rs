@@ -74,6 +74,7 @@ pub mod metrics;
 pub mod random;
 pub mod store;
 pub mod time;
+pub mod trace;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

@@ -16,6 +16,7 @@
 pub mod client;
 pub mod config;
 pub mod metrics;
+pub mod otlp;
 pub mod spindle;
 pub mod upstream;
 

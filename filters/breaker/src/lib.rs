@@ -228,6 +228,14 @@ impl Breaker {
         );
         if endpoints::eject_endpoint(endpoint, Duration::from_millis(ms)) {
             spindle_sdk::info!("ejected endpoint {endpoint} of `{cluster}` for {ms} ms {why}");
+            spindle_sdk::trace::add_event(
+                "endpoint_ejected",
+                &[
+                    ("spindle.endpoint_id", &endpoint.to_string()),
+                    ("duration_ms", &ms.to_string()),
+                    ("reason", why),
+                ],
+            );
             if let Some(counter) = &self.ejections {
                 let _ = counter.inc(&[cluster]);
             }

@@ -463,6 +463,14 @@ impl Filter for Retry {
         if self.attempt_header {
             req.set_header(ATTEMPT_HEADER, &(outcome.attempt + 1).to_string());
         }
+        // On the failed attempt's client span: why and when the next one goes.
+        spindle_sdk::trace::add_event(
+            "retry",
+            &[
+                ("reason", reason.name()),
+                ("delay_ms", &delay.as_millis().to_string()),
+            ],
+        );
         AttemptAction::Retry(delay)
     }
 }

@@ -409,3 +409,24 @@ fn retry_after_is_ignored_on_other_statuses() {
     let outcome = status(1, 429).with_retry_after(Duration::ZERO);
     assert_eq!(strict.on_attempt(&outcome), AttemptAction::Done);
 }
+
+#[test]
+fn a_retry_is_an_event_on_the_attempt_span() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({"backoff_base_ms": 10, "backoff_max_ms": 10}));
+    host.start_request(TestRequest::get("/"));
+    assert!(retries(r.on_attempt(&status(1, 503))));
+    let events = host.span_events();
+    assert_eq!(events.len(), 1);
+    let (name, attrs) = &events[0];
+    assert_eq!(name, "retry");
+    assert!(
+        attrs
+            .iter()
+            .any(|(k, v)| k == "reason" && v == "gateway-error")
+    );
+    assert!(attrs.iter().any(|(k, _)| k == "delay_ms"));
+    // A final outcome adds nothing.
+    assert!(!retries(r.on_attempt(&status(2, 200))));
+    assert_eq!(host.span_events().len(), 1);
+}

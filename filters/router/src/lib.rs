@@ -212,6 +212,8 @@ impl Filter for Router {
         else {
             return Action::respond(404, format!("no route for {path}\n"));
         };
+        // The matched route on the request's trace span (a no-op when not traced).
+        spindle_sdk::trace::set_attribute("spindle.route", &route.path_prefix);
         match &route.target {
             Target::Cluster(cluster) => req.set_cluster(cluster),
             Target::Split(split) => req.set_cluster(draw(split)),

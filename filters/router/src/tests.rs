@@ -181,3 +181,22 @@ fn bad_configs_name_the_key() {
     let missing = error(json!({}));
     assert!(missing.contains("missing field `routes`"), "{missing}");
 }
+
+#[test]
+fn names_the_matched_route_on_the_trace_span() {
+    let host = MockHost::new();
+    let mut r = load(
+        &host,
+        json!({"routes": [
+            {"path_prefix": "/api/", "cluster": "api"},
+            {"path_prefix": "/", "cluster": "web"},
+        ]}),
+    );
+    route(&host, &mut r, TestRequest::get("/api/users"));
+    assert_eq!(
+        host.span_attribute("spindle.route").as_deref(),
+        Some("/api/")
+    );
+    route(&host, &mut r, TestRequest::get("/about"));
+    assert_eq!(host.span_attribute("spindle.route").as_deref(), Some("/"));
+}

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 
+use crate::telemetry::trace::RequestTrace;
+
 /// The response head, while `on-response` hooks run.
 pub struct ResponseHead {
     pub status: StatusCode,
@@ -23,6 +25,8 @@ pub struct RequestCtx {
     /// Per-filter request variables: (filter, name, value).
     pub vars: Vec<(Arc<str>, String, String)>,
     pub response: Option<ResponseHead>,
+    /// The request's spans, when it is traced.
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 /// Request variables are bounded: a filter cannot grow a request without limit.
@@ -39,6 +43,7 @@ impl RequestCtx {
             request_id,
             vars: Vec::new(),
             response: None,
+            trace: None,
         }
     }
 

@@ -21,16 +21,24 @@ pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
 use self::local::local;
 use crate::config::FailMode;
 use crate::runtime::{Chain, Proxy};
+use crate::telemetry::access::{AccessEntry, AccessLog};
+use crate::telemetry::trace;
 use crate::upstream::{AttemptResult, Cluster, DownBody, Endpoint, InFlight, UpBody};
 use crate::wasm::{
     AttemptAction, AttemptError, AttemptOutcome, FilterError, Hooks, RequestAction, RequestSummary,
 };
 
+/// The listener a request came in on: its name and its access log.
+pub struct Site {
+    pub name: String,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
 /// Answers one downstream request. Never fails: every error becomes a
 /// local response.
 pub async fn handle(
     proxy: &Arc<Proxy>,
-    listener: &str,
+    site: &Site,
     req: Request<Incoming>,
     client: SocketAddr,
 ) -> Response<DownBody> {
@@ -38,7 +46,7 @@ pub async fn handle(
     // One snapshot for the whole request: a hot swap during it does not
     // change the filters it runs through.
     let runtime = proxy.runtime.load_full();
-    let Some(chain) = runtime.chains.get(listener).cloned() else {
+    let Some(chain) = runtime.chains.get(&site.name).cloned() else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
     };
     let (parts, body) = req.into_parts();
@@ -49,7 +57,24 @@ pub async fn handle(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
-    let mut ctx = Some(Box::new(RequestCtx::new(parts, client, request_id)));
+    // What the access log reports is the request as it arrived, before
+    // filters rewrite it.
+    let logged = site.access_log.as_ref().map(|_| {
+        (
+            SystemTime::now(),
+            parts.method.clone(),
+            parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+        )
+    });
+    let tracing = proxy.tracing.get();
+    let mut ctx = Box::new(RequestCtx::new(parts, client, request_id));
+    if let Some(t) = tracing {
+        ctx.trace = Some(t.start_server(&ctx.head, client, &site.name, &ctx.request_id));
+    }
+    let mut ctx = Some(ctx);
     let mut run = Run {
         proxy,
         chain: &chain,
@@ -63,6 +88,29 @@ pub async fn handle(
         .stats
         .record(status.as_u16(), duration.as_nanos() as u64);
     run.done(status, duration);
+    let endpoint = run.endpoint.clone();
+    let attempts = run.attempts;
+    if let Some(ctx) = ctx.as_mut() {
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id());
+        if let Some(t) = ctx.trace.take() {
+            trace::end_server(t, status.as_u16(), ctx.cluster.as_deref());
+        }
+        if let (Some(log), Some((at, method, path))) = (&site.access_log, &logged) {
+            log.log(&AccessEntry {
+                start: *at,
+                method: method.as_str(),
+                path,
+                status: status.as_u16(),
+                cluster: ctx.cluster.as_deref(),
+                endpoint: endpoint.as_ref().map(|e| e.address.as_str()),
+                attempts,
+                duration,
+                trace_id,
+                request_id: &ctx.request_id,
+                client,
+            });
+        }
+    }
     resp
 }
 
@@ -71,7 +119,8 @@ struct Run<'a> {
     chain: &'a Chain,
     ctx: &'a mut Option<Box<RequestCtx>>,
     attempts: u32,
-    endpoint: Option<u32>,
+    /// The endpoint of the last attempt.
+    endpoint: Option<Arc<Endpoint>>,
 }
 
 /// What the upstream phase produced.
@@ -166,6 +215,12 @@ impl Run<'_> {
         loop {
             self.attempts += 1;
             let attempt = self.attempts;
+            if let Some(t) = self.proxy.tracing.get() {
+                let ctx = self.ctx();
+                if let Some(trace) = ctx.trace.as_mut() {
+                    t.start_attempt(trace, &ctx.head.method, attempt);
+                }
+            }
             let endpoint = match self.pick(&cluster, attempt, previous) {
                 Ok(Some(e)) => e,
                 Ok(None) => {
@@ -176,7 +231,10 @@ impl Run<'_> {
                 }
                 Err(r) => return Outcome::Local(*r),
             };
-            self.endpoint = Some(endpoint.id);
+            self.endpoint = Some(endpoint.clone());
+            if let Some(trace) = self.ctx().trace.as_mut() {
+                trace::attempt_endpoint(trace, &cluster.name, &endpoint);
+            }
             let replayable = matches!(body, ReqBody::Replayable(_));
             let Some(up_body) = body.take() else {
                 // A streamed body was already sent once: nothing to send again.
@@ -223,7 +281,11 @@ impl Run<'_> {
                     .and_then(|r| r.headers().get(header::RETRY_AFTER))
                     .and_then(|v| retry_after_ms(v, SystemTime::now())),
             };
-            let delay = match self.attempt_phase(&outcome) {
+            let delay = self.attempt_phase(&outcome);
+            if let Some(trace) = self.ctx().trace.as_mut() {
+                trace::end_attempt(trace, outcome.status, span_error(kind));
+            }
+            let delay = match delay {
                 Ok(d) => d,
                 Err(r) => return Outcome::Local(*r),
             };
@@ -313,9 +375,17 @@ impl Run<'_> {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
         append_forwarded_for(&mut headers, ctx.client);
+        if let Some(t) = &ctx.trace {
+            trace::inject(t.attempt.as_ref().unwrap_or(&t.server), &mut headers);
+        }
+        let uri = uri.build().unwrap_or_default();
+        if let Some(t) = ctx.trace.as_mut() {
+            trace::attempt_url(t, &uri);
+        }
+        let head = &ctx.head;
         let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
-        *req.uri_mut() = uri.build().unwrap_or_default();
+        *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         req
     }
@@ -372,7 +442,7 @@ impl Run<'_> {
         let summary = RequestSummary {
             status: status.as_u16(),
             cluster: self.ctx.as_ref().and_then(|c| c.cluster.clone()),
-            endpoint: self.endpoint,
+            endpoint: self.endpoint.as_ref().map(|e| e.id),
             attempts: self.attempts,
             duration_ns: duration.as_nanos() as u64,
         };
@@ -386,6 +456,17 @@ impl Run<'_> {
             // The response is on its way: a failure here can only be counted.
             let _ = f.on_done(self.ctx, &summary);
         }
+    }
+}
+
+/// `error.type` of a failed attempt's span.
+fn span_error(kind: AttemptResult) -> Option<&'static str> {
+    match kind {
+        AttemptResult::ConnectFailure => Some("connect_failure"),
+        AttemptResult::Reset => Some("reset"),
+        AttemptResult::Timeout => Some("timeout"),
+        AttemptResult::Error => Some("error"),
+        _ => None,
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Config {
     /// Host-wide runtime settings.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Traces (OpenTelemetry, OTLP export).
+    #[serde(default)]
+    pub telemetry: Option<Spanned<TelemetryConfig>>,
     /// The file this came from (not part of the TOML).
     #[serde(skip)]
     pub path: PathBuf,
@@ -106,6 +109,10 @@ pub struct ListenerConfig {
     /// Request bodies up to this size are buffered so that they can be retried.
     #[serde(default = "default_retry_buffer_bytes")]
     pub retry_buffer_bytes: usize,
+    /// Where to write one JSON line per request: a file (appended to) or
+    /// `"stdout"`. Off when absent.
+    #[serde(default)]
+    pub access_log: Option<Spanned<String>>,
 }
 
 fn default_max_header_bytes() -> usize {
@@ -272,6 +279,83 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// `[telemetry]`: trace export, off unless `otlp_endpoint` is set. Read at
+/// start only.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector: `http://host:4318` (HTTP/protobuf, `/v1/traces` is
+    /// added when the URL has no path) or `http://host:4317` with `grpc`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces recorded, 0.0 to 1.0; a request that arrives with
+    /// a `traceparent` follows its sampled flag.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    /// Finished spans waiting for export; more are dropped and counted.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Spans per export request.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest wait before a partial batch is sent.
+    #[serde(default = "default_batch_delay_ms")]
+    pub batch_delay_ms: u64,
+    /// Deadline of one export request.
+    #[serde(default = "default_export_timeout_ms")]
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            service_name: default_service_name(),
+            sampling_ratio: default_sampling_ratio(),
+            queue_size: default_queue_size(),
+            batch_size: default_batch_size(),
+            batch_delay_ms: default_batch_delay_ms(),
+            export_timeout_ms: default_export_timeout_ms(),
+        }
+    }
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies.
+    #[default]
+    Http,
+    /// OTLP/gRPC.
+    Grpc,
+}
+
+fn default_service_name() -> String {
+    "spindle".to_string()
+}
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+fn default_queue_size() -> usize {
+    4096
+}
+fn default_batch_size() -> usize {
+    512
+}
+fn default_batch_delay_ms() -> u64 {
+    500
+}
+fn default_export_timeout_ms() -> u64 {
+    5_000
+}
+
 fn default_drain_timeout_ms() -> u64 {
     30_000
 }
@@ -353,6 +437,17 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(a) = &l.access_log
+                && a.get_ref().is_empty()
+            {
+                return Err(self.error(
+                    Some(a.span()),
+                    format!(
+                        "listener `{}`: access_log must be a file path or \"stdout\"",
+                        l.name
+                    ),
+                ));
+            }
             if l.max_header_bytes < 1024 {
                 return Err(self.error(
                     Some(l.listen.span()),
@@ -372,6 +467,34 @@ impl Config {
                     ));
                 }
             }
+        }
+        let t = self.telemetry();
+        let tspan = self.telemetry.as_ref().map(Spanned::span);
+        if !(0.0..=1.0).contains(&t.sampling_ratio) {
+            return Err(self.error(
+                tspan,
+                format!(
+                    "telemetry: sampling_ratio must be between 0.0 and 1.0, not {}",
+                    t.sampling_ratio
+                ),
+            ));
+        }
+        if let Some(e) = &t.otlp_endpoint {
+            let ok = e.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(self.error(
+                    tspan,
+                    format!("telemetry: otlp_endpoint `{e}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if t.queue_size == 0 || t.batch_size == 0 {
+            return Err(self.error(
+                tspan,
+                "telemetry: queue_size and batch_size must be at least 1".into(),
+            ));
         }
         for (name, f) in &self.filters {
             if f.get_ref().memory_limit_mb == 0 || f.get_ref().memory_limit_mb > MAX_MEMORY_MB {
@@ -455,6 +578,14 @@ impl Config {
                 ),
             )),
         }
+    }
+
+    /// `[telemetry]`, or its defaults (tracing off).
+    pub fn telemetry(&self) -> TelemetryConfig {
+        self.telemetry
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_default()
     }
 
     /// Resolves a path from the config relative to the config file's folder.

@@ -51,7 +51,10 @@ pub async fn serve(
     conns: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let name: Arc<str> = Arc::from(cfg.name.as_str());
+    let name = Arc::new(crate::chain::Site {
+        name: cfg.name.clone(),
+        access_log: proxy.access_logs.get(&cfg.name),
+    });
     let stats = proxy.metrics.listener(&cfg.name);
     let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -76,7 +79,7 @@ pub async fn serve(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, "accept failed: {e}");
+                    tracing::warn!(listener = %name.name, "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -102,7 +105,7 @@ pub async fn serve(
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    name: Arc<str>,
+    name: Arc<crate::chain::Site>,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,

@@ -47,6 +47,10 @@ pub struct Proxy {
     pub engine: WasmEngine,
     pub ready: AtomicBool,
     pub config_path: PathBuf,
+    /// Trace export, when `[telemetry]` turns it on (set once by `run`).
+    pub tracing: std::sync::OnceLock<Arc<crate::telemetry::trace::Tracing>>,
+    /// Listeners' access logs (opened by `run`).
+    pub access_logs: Arc<crate::telemetry::access::AccessLogs>,
 }
 
 impl Proxy {
@@ -64,6 +68,8 @@ impl Proxy {
         let metrics = Arc::new(Metrics::default());
         let upstreams = Arc::new(Upstreams::new(start));
         metrics.add_collector(upstreams.clone());
+        let access_logs = Arc::new(crate::telemetry::access::AccessLogs::default());
+        metrics.add_collector(access_logs.clone());
         let env = Arc::new(HostEnv {
             store: SharedStore::default(),
             upstreams: upstreams.clone(),
@@ -81,6 +87,8 @@ impl Proxy {
             engine,
             ready: AtomicBool::new(false),
             config_path,
+            tracing: std::sync::OnceLock::new(),
+            access_logs,
         }))
     }
 
@@ -123,6 +131,19 @@ impl Proxy {
             if listeners != next || current.config.admin.listen != config.admin.listen {
                 tracing::warn!(
                     "listener names and addresses are fixed at start; restart spindle to change them"
+                );
+            }
+            let logs = |c: &Config| -> Vec<_> {
+                c.listeners
+                    .iter()
+                    .map(|l| l.access_log.as_ref().map(|a| a.get_ref().clone()))
+                    .collect()
+            };
+            if current.config.telemetry() != config.telemetry()
+                || logs(&current.config) != logs(&config)
+            {
+                tracing::warn!(
+                    "[telemetry] and access logs are read at start; restart spindle to change them"
                 );
             }
         }

@@ -1,6 +1,8 @@
-//! Logs and metrics.
+//! Logs, metrics, traces and access logs.
 
+pub mod access;
 mod metrics;
+pub mod trace;
 
 pub use self::metrics::{
     Collector, FilterMetrics, Histogram, Kind, ListenerStats, Metrics, escape, lock,

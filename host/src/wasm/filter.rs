@@ -21,7 +21,7 @@ use super::bindings::exports::spindle::filter::filter::{
 use super::bindings::spindle::filter::types::Hooks;
 use super::bindings::{SpindleFilter, SpindleFilterPre};
 use super::engine::WasmEngine;
-use super::host::{HostEnv, HostState};
+use super::host::{DeadlineWatch, HostEnv, HostState};
 use crate::chain::RequestCtx;
 use crate::config::{FailMode, FilterConfig};
 use crate::telemetry::{FilterMetrics, lock};
@@ -174,9 +174,14 @@ impl FilterModule {
             req: None,
             memory_limit: (self.spec.memory_limit_mb as usize) << 20,
             memory_exceeded: false,
+            deadline: DeadlineWatch::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        let interval = self.spec.call_timeout_ms.max(1);
+        store.epoch_deadline_callback(move |mut cx| {
+            deadline_passed(&mut cx.data_mut().deadline, interval)
+        });
         store.set_epoch_deadline(self.spec.call_timeout_ms.max(1) * 10);
         let bindings = self
             .pre
@@ -236,6 +241,9 @@ impl FilterModule {
     }
 
     /// Runs one guest call with the request bound to a checked-out instance.
+    ///
+    /// Deadlines are wall-clock epochs, checked against CPU time: see
+    /// [`deadline_passed`].
     fn call<R>(
         &self,
         hook: usize,
@@ -245,7 +253,9 @@ impl FilterModule {
         let started = std::time::Instant::now();
         let mut slot = self.checkout()?;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        slot.store.data_mut().req = req.take();
+        let data = slot.store.data_mut();
+        data.req = req.take();
+        data.deadline = DeadlineWatch::default();
         slot.store
             .set_epoch_deadline(self.spec.call_timeout_ms.max(1));
         let result = f(&mut slot);
@@ -385,4 +395,80 @@ fn hex(bytes: &[u8]) -> String {
 /// sha256 of a file's bytes, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
+}
+
+/// The most times a call's deadline is extended because its thread did not
+/// run (a starved machine): past that the call fails even so.
+const MAX_DEADLINE_EXTENSIONS: u32 = 50;
+
+/// Called by wasmtime when a guest call's epoch deadline (`interval_ms` of
+/// wall-clock time) passes. A guest that spins is stopped; a guest whose
+/// thread the OS did not run (an overloaded machine) is not: the first
+/// time the deadline passes, the thread's CPU time is noted and the call
+/// gets another interval; at the next check it fails if the thread ran for
+/// at least half that interval, else it goes on (at most
+/// `MAX_DEADLINE_EXTENSIONS` times). A spinning guest thus stops within two
+/// intervals, and a starved one is not punished for the host's load.
+fn deadline_passed(
+    watch: &mut DeadlineWatch,
+    interval_ms: u64,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let now = thread_cpu_ns();
+    if watch.cpu_mark_ns != 0 {
+        let ran = now.saturating_sub(watch.cpu_mark_ns);
+        if ran >= interval_ms * 1_000_000 / 2 || watch.extensions >= MAX_DEADLINE_EXTENSIONS {
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        watch.extensions += 1;
+    }
+    watch.cpu_mark_ns = now.max(1);
+    Ok(wasmtime::UpdateDeadline::Continue(interval_ms))
+}
+
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traps(r: wasmtime::Result<wasmtime::UpdateDeadline>) -> bool {
+        r.is_err_and(|e| e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt))
+    }
+
+    #[test]
+    fn a_spinning_call_is_stopped_at_the_second_check() {
+        let mut watch = DeadlineWatch::default();
+        assert!(!traps(deadline_passed(&mut watch, 20)));
+        assert!(watch.cpu_mark_ns > 0);
+        // Burn 12 ms of this thread's CPU: more than half the interval.
+        let until = thread_cpu_ns() + 12_000_000;
+        while thread_cpu_ns() < until {
+            std::hint::spin_loop();
+        }
+        assert!(traps(deadline_passed(&mut watch, 20)));
+    }
+
+    #[test]
+    fn a_thread_that_did_not_run_gets_more_time_but_not_forever() {
+        let mut watch = DeadlineWatch::default();
+        assert!(!traps(deadline_passed(&mut watch, 20)));
+        // Sleeping costs no CPU, like a thread the OS preempted.
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        assert!(!traps(deadline_passed(&mut watch, 20)));
+        assert_eq!(watch.extensions, 1);
+        watch.extensions = MAX_DEADLINE_EXTENSIONS;
+        assert!(traps(deadline_passed(&mut watch, 20)));
+    }
 }

@@ -36,6 +36,17 @@ pub struct HostState {
     pub memory_limit: usize,
     /// Set when the guest tried to grow past `memory_limit`.
     pub memory_exceeded: bool,
+    /// The call's deadline watch: see [`super::filter`]'s deadline callback.
+    pub deadline: DeadlineWatch,
+}
+
+/// What the epoch-deadline callback remembers during one guest call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeadlineWatch {
+    /// The thread's CPU time when the deadline first passed (0: not yet).
+    pub cpu_mark_ns: u64,
+    /// How often the deadline was extended for a thread that did not run.
+    pub extensions: u32,
 }
 
 impl wasmtime::ResourceLimiter for HostState {
@@ -119,6 +130,21 @@ impl Host for HostState {
             LogLevel::Info => tracing::info!(filter, "{message}"),
             LogLevel::Warn => tracing::warn!(filter, "{message}"),
             LogLevel::Error => tracing::error!(filter, "{message}"),
+        }
+    }
+
+    fn span_set_attribute(&mut self, key: String, value: String) -> bool {
+        match self.req.as_mut().and_then(|r| r.trace.as_mut()) {
+            Some(t) => crate::telemetry::trace::filter_attribute(t, &key, &value),
+            None => false,
+        }
+    }
+
+    fn span_add_event(&mut self, name: String, attributes: Vec<(String, String)>) -> bool {
+        let filter = self.filter.clone();
+        match self.req.as_mut().and_then(|r| r.trace.as_mut()) {
+            Some(t) => crate::telemetry::trace::filter_event(t, &filter, &name, &attributes),
+            None => false,
         }
     }
 
@@ -426,6 +452,7 @@ mod tests {
             req: Some(Box::new(RequestCtx::new(head, client, "id".into()))),
             memory_limit: 1 << 20,
             memory_exceeded: false,
+            deadline: DeadlineWatch::default(),
         }
     }
 

@@ -153,3 +153,10 @@ pub(crate) fn store_add(key: &str, delta: i64, ttl_ms: u64) -> i64 {
 pub(crate) fn store_delete(key: &str) {
     host::store_delete(key);
 }
+
+pub(crate) fn span_set_attribute(key: &str, value: &str) -> bool {
+    host::span_set_attribute(key, value)
+}
+pub(crate) fn span_add_event(name: &str, attributes: &[(&str, &str)]) -> bool {
+    host::span_add_event(name, attributes)
+}

@@ -167,6 +167,8 @@ impl MockHost {
             s.request = Some(request.0);
             s.response = None;
             s.vars.clear();
+            s.span_attributes.clear();
+            s.span_events.clear();
         });
     }
 
@@ -190,6 +192,27 @@ impl MockHost {
                     .collect(),
             });
         });
+    }
+
+    /// The span attributes filters added during the current request, in order.
+    pub fn span_attributes(&self) -> Vec<(String, String)> {
+        with(|s| s.span_attributes.clone())
+    }
+
+    /// The span attribute `key` as last set during the current request.
+    pub fn span_attribute(&self, key: &str) -> Option<String> {
+        with(|s| {
+            s.span_attributes
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    /// The span events filters added during the current request: name and attributes.
+    pub fn span_events(&self) -> Vec<(String, Vec<(String, String)>)> {
+        with(|s| s.span_events.clone())
     }
 
     /// The request's method now.

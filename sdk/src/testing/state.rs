@@ -30,6 +30,9 @@ pub(crate) struct State {
     pub(crate) metrics: Vec<MetricDef>,
     pub(crate) series: HashMap<(u32, Vec<String>), Series>,
     pub(crate) store: HashMap<String, StoreEntry>,
+    /// What filters added to the current request's span.
+    pub(crate) span_attributes: Vec<(String, String)>,
+    pub(crate) span_events: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Default for State {
@@ -50,6 +53,8 @@ impl Default for State {
             metrics: Vec::new(),
             series: HashMap::new(),
             store: HashMap::new(),
+            span_attributes: Vec::new(),
+            span_events: Vec::new(),
         }
     }
 }

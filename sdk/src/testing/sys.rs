@@ -373,6 +373,30 @@ pub(crate) fn store_delete(key: &str) {
     });
 }
 
+/// The mock traces every request: span calls record while one is bound.
+pub(crate) fn span_set_attribute(key: &str, value: &str) -> bool {
+    with(|s| {
+        if s.request.is_none() {
+            return false;
+        }
+        s.span_attributes.push((key.to_owned(), value.to_owned()));
+        true
+    })
+}
+pub(crate) fn span_add_event(name: &str, attributes: &[(&str, &str)]) -> bool {
+    with(|s| {
+        if s.request.is_none() {
+            return false;
+        }
+        let attributes = attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        s.span_events.push((name.to_owned(), attributes));
+        true
+    })
+}
+
 pub(crate) fn duration_ms(ms: u32) -> Duration {
     Duration::from_millis(u64::from(ms))
 }
