@@ -51,9 +51,10 @@ clippy: setup
 	$(CARGO) clippy -q --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -q --target $(WASM_TARGET) $(foreach c,$(WASM_CRATES),-p $(c)) -- -D warnings
 
-# Test tools from Debian: promtool (package `prometheus`) checks /metrics.
+# Test tools from Debian's package `prometheus`: promtool checks /metrics and the
+# example scrape config; the prometheus server scrapes spindle in tests/prometheus.rs.
 test-deps:
-	@command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # Unit tests, the filters' native tests, and the integration tests (which

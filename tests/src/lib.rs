@@ -8,6 +8,8 @@
 //!   [`Spindle`] (the running binary; SIGTERM then SIGKILL on drop, stderr dumped on panic).
 //! - [`client`]: [`Client`] (`get`, `post`, `request`) and [`Load`] (N clients, M requests).
 //! - [`metrics`]: Prometheus text parsing ([`parse_metric`]).
+//! - [`otlp`]: [`otlp::OtlpCollector`], an OTLP trace receiver (HTTP and gRPC) decoding the real protobuf.
+//! - [`prometheus`]: [`Prometheus`], a real Prometheus server scraping spindle, and its query API.
 //!
 //! Config templates are TOML with three kinds of placeholders, replaced literally:
 //! `{filters}` (the directory holding the built `*.wasm` filters), `{dir}` (the test's temp dir,
@@ -17,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod otlp;
+pub mod prometheus;
 pub mod spindle;
 pub mod upstream;
 
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{Client, Load, LoadReport, Resp};
 pub use metrics::{parse_metric, parse_series};
+pub use prometheus::Prometheus;
 pub use spindle::{Spindle, Workdir, run_spindle};
 pub use upstream::{Behaviour, Seen, Upstream};
 
