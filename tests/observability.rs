@@ -68,6 +68,20 @@ async fn filters_view_and_runtime_metrics() {
                 >= Some(1.0),
             "the client's keep-alive connection is open"
         );
+        // Five sequential requests reuse one pooled upstream connection.
+        assert_eq!(
+            sp.metric("spindle_upstream_connections", &[("cluster", "api")])
+                .await,
+            Some(1.0)
+        );
+        assert_eq!(
+            sp.metric(
+                "spindle_upstream_connections_opened_total",
+                &[("cluster", "api")]
+            )
+            .await,
+            Some(1.0)
+        );
 
         // A refused version shows up in the history, with its reason.
         sp.write_file("router.wasm", b"not wasm at all");
@@ -98,6 +112,18 @@ async fn filters_view_and_runtime_metrics() {
             .await
             .unwrap();
         assert_eq!(resp.status, 200, "the old version keeps serving");
+
+        // Connections the upstream closes leave the count.
+        a.stop().await;
+        assert!(
+            wait_until(Duration::from_secs(10), || async {
+                sp.metric("spindle_upstream_connections", &[("cluster", "api")])
+                    .await
+                    == Some(0.0)
+            })
+            .await,
+            "closed upstream connections are no longer counted"
+        );
     })
     .await
 }

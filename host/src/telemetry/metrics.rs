@@ -124,6 +124,31 @@ pub trait Collector: Send + Sync {
     fn collect(&self, out: &mut String);
 }
 
+/// The `kind` label values of `spindle_filter_errors_total`.
+const FILTER_ERROR_KINDS: [&str; 4] = ["deadline", "instantiate", "memory", "trap"];
+
+/// Host metrics that share the `spindle_filter_` prefix with filter-defined ones.
+const HOST_FILTER_METRICS: [&str; 5] = [
+    "spindle_filter_reloads_total",
+    "spindle_filter_errors_total",
+    "spindle_filter_call_duration_seconds",
+    "spindle_filter_instances",
+    "spindle_filter_idle_instances",
+];
+
+/// Whether a filter-defined family (or a histogram's `_bucket`/`_sum`/`_count`
+/// series) would have the name of one of the host's series.
+fn collides_with_host_metric(full: &str) -> bool {
+    const SUFFIXES: [&str; 4] = ["", "_bucket", "_sum", "_count"];
+    HOST_FILTER_METRICS.iter().any(|host| {
+        SUFFIXES.iter().any(|a| {
+            SUFFIXES
+                .iter()
+                .any(|b| format!("{full}{a}") == format!("{host}{b}"))
+        })
+    })
+}
+
 /// The host's metric registry.
 #[derive(Default)]
 pub struct Metrics {
@@ -279,12 +304,22 @@ impl Metrics {
         }
         out.push_str("# HELP spindle_config_reloads_total Config file reloads, by result.\n");
         out.push_str("# TYPE spindle_config_reloads_total counter\n");
-        for (r, v) in lock(&self.config_reloads).iter() {
+        // Both results always, from 0, so that rate() sees the first one.
+        let config_reloads = lock(&self.config_reloads).clone();
+        for r in ["error", "ok"] {
+            let v = config_reloads.get(r).copied().unwrap_or(0);
             let _ = writeln!(out, "spindle_config_reloads_total{{result=\"{r}\"}} {v}");
         }
         out.push_str("# HELP spindle_filter_errors_total Filter failures (trap, deadline, memory, instantiate), by filter and kind.\n");
         out.push_str("# TYPE spindle_filter_errors_total counter\n");
-        for ((f, k), v) in lock(&self.filter_errors).iter() {
+        // Every kind of every loaded filter, from 0, so that rate() sees the first error.
+        let mut errors = lock(&self.filter_errors).clone();
+        for f in lock(&self.filters).keys() {
+            for kind in FILTER_ERROR_KINDS {
+                errors.entry((f.clone(), kind)).or_insert(0);
+            }
+        }
+        for ((f, k), v) in &errors {
             let _ = writeln!(
                 out,
                 "spindle_filter_errors_total{{filter=\"{}\",kind=\"{k}\"}} {v}",
@@ -375,6 +410,11 @@ impl FilterMetrics {
             }
         }
         let full = format!("spindle_filter_{}_{}", sanitize(&self.filter), name);
+        if collides_with_host_metric(&full) {
+            return Err(format!(
+                "metric `{name}` would be exported as `{full}`, which Spindle itself exports: choose another name"
+            ));
+        }
         let mut fams = lock(&self.families);
         if let Some((i, f)) = fams.iter().enumerate().find(|(_, f)| f.name == full) {
             if f.kind != kind || f.labels != labels {
@@ -570,6 +610,50 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("spindle_filter_hello_size_count 1"), "{text}");
+    }
+
+    #[test]
+    fn filter_metrics_cannot_take_host_names() {
+        let m = Metrics::default();
+        let err = m
+            .filter("reloads")
+            .define(Kind::Counter, "total", "", &[])
+            .unwrap_err();
+        assert!(err.contains("spindle_filter_reloads_total"), "{err}");
+        let call = m.filter("call");
+        assert!(
+            call.define(Kind::Counter, "duration_seconds_bucket", "", &[])
+                .is_err()
+        );
+        assert!(
+            call.define(Kind::Counter, "duration_total", "", &[])
+                .is_ok()
+        );
+        assert!(
+            m.filter("idle")
+                .define(Kind::Gauge, "instances", "", &[])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn error_and_reload_series_start_at_zero() {
+        let m = Metrics::default();
+        m.filter("router");
+        m.filter_error("router", "trap");
+        let text = m.render();
+        assert!(
+            text.contains("spindle_config_reloads_total{result=\"ok\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spindle_config_reloads_total{result=\"error\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("spindle_filter_errors_total{filter=\"router\",kind=\"trap\"} 1"));
+        assert!(
+            text.contains("spindle_filter_errors_total{filter=\"router\",kind=\"deadline\"} 0")
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::connector::{ConnStats, CountingConnector};
 use hyper_util::rt::TokioExecutor;
 
 use super::body::UpBody;
@@ -162,7 +164,9 @@ pub struct Cluster {
     healthy: ArcSwap<Healthy>,
     /// Earliest ejection expiry among members (u64::MAX: none).
     next_expiry_ms: AtomicU64,
-    client: ArcSwap<Client<HttpConnector, UpBody>>,
+    client: ArcSwap<Client<CountingConnector, UpBody>>,
+    /// Upstream connections of this cluster (all its clients).
+    pub connections: Arc<ConnStats>,
     pub retries: AtomicU64,
     pub duration: Histogram,
     membership: std::sync::Mutex<()>,
@@ -170,7 +174,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn client(&self) -> Arc<Client<HttpConnector, UpBody>> {
+    pub fn client(&self) -> Arc<Client<CountingConnector, UpBody>> {
         self.client.load_full()
     }
 
@@ -288,26 +292,31 @@ impl Upstreams {
                         || prev.http2 != cfg.http2
                         || prev.max_idle_per_endpoint != cfg.max_idle_per_endpoint
                     {
-                        c.client.store(Arc::new(build_client(cfg)));
+                        c.client
+                            .store(Arc::new(build_client(cfg, c.connections.clone())));
                     }
                     c.settings.store(Arc::new(cfg.clone()));
                     c.clone()
                 }
-                None => Arc::new(Cluster {
-                    name: Arc::from(name.as_str()),
-                    settings: ArcSwap::from_pointee(cfg.clone()),
-                    members: ArcSwap::from_pointee(Vec::new()),
-                    healthy: ArcSwap::from_pointee(Healthy {
-                        generation: 0,
-                        endpoints: Vec::new(),
-                    }),
-                    next_expiry_ms: AtomicU64::new(u64::MAX),
-                    client: ArcSwap::from_pointee(build_client(cfg)),
-                    retries: AtomicU64::new(0),
-                    duration: Histogram::default(),
-                    membership: std::sync::Mutex::new(()),
-                    cursor: Default::default(),
-                }),
+                None => {
+                    let connections = Arc::new(ConnStats::default());
+                    Arc::new(Cluster {
+                        name: Arc::from(name.as_str()),
+                        settings: ArcSwap::from_pointee(cfg.clone()),
+                        members: ArcSwap::from_pointee(Vec::new()),
+                        healthy: ArcSwap::from_pointee(Healthy {
+                            generation: 0,
+                            endpoints: Vec::new(),
+                        }),
+                        next_expiry_ms: AtomicU64::new(u64::MAX),
+                        client: ArcSwap::from_pointee(build_client(cfg, connections.clone())),
+                        connections,
+                        retries: AtomicU64::new(0),
+                        duration: Histogram::default(),
+                        membership: std::sync::Mutex::new(()),
+                        cursor: Default::default(),
+                    })
+                }
             };
             self.set_members(&cluster, &cfg.endpoints);
             next.insert(name.clone(), cluster);
@@ -432,7 +441,7 @@ impl Upstreams {
     }
 }
 
-fn build_client(cfg: &ClusterConfig) -> Client<HttpConnector, UpBody> {
+fn build_client(cfg: &ClusterConfig, stats: Arc<ConnStats>) -> Client<CountingConnector, UpBody> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
     connector.set_nodelay(true);
@@ -442,7 +451,7 @@ fn build_client(cfg: &ClusterConfig) -> Client<HttpConnector, UpBody> {
         .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
         .http2_only(cfg.http2)
         .set_host(false)
-        .build(connector)
+        .build(CountingConnector::new(connector, stats))
 }
 
 /// A per-endpoint series: name, type, help, and its value at a time (ms).
@@ -521,6 +530,26 @@ impl Collector for Upstreams {
                 "spindle_upstream_retries_total{{cluster=\"{}\"}} {}",
                 escape(n),
                 clusters[*n].retries.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP spindle_upstream_connections Open upstream connections (pooled idle ones included), by cluster.\n");
+        out.push_str("# TYPE spindle_upstream_connections gauge\n");
+        for n in &names {
+            let _ = writeln!(
+                out,
+                "spindle_upstream_connections{{cluster=\"{}\"}} {}",
+                escape(n),
+                clusters[*n].connections.open.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP spindle_upstream_connections_opened_total Upstream connections established, by cluster.\n");
+        out.push_str("# TYPE spindle_upstream_connections_opened_total counter\n");
+        for n in &names {
+            let _ = writeln!(
+                out,
+                "spindle_upstream_connections_opened_total{{cluster=\"{}\"}} {}",
+                escape(n),
+                clusters[*n].connections.opened.load(Ordering::Relaxed)
             );
         }
         out.push_str("# HELP spindle_upstream_request_duration_seconds Upstream attempt duration until the response head, by cluster.\n");

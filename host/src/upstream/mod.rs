@@ -3,6 +3,8 @@
 
 mod body;
 mod cluster;
+mod connector;
 
 pub use self::body::{DownBody, UpBody};
 pub use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};
+pub use self::connector::{ConnStats, CountingConnector};
