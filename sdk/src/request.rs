@@ -44,6 +44,13 @@ impl Request {
         sys::client_address()
     }
 
+    /// The downstream peer's IP address, without the port (which changes with every
+    /// connection) and without IPv6 brackets: `192.0.2.1`, `2001:db8::1`. Use it to key
+    /// per-client state (rate limits, hashing).
+    pub fn client_ip(&self) -> String {
+        ip_of(&self.client_address()).to_owned()
+    }
+
     /// The first value of a header (names are case-insensitive).
     pub fn header(&self, name: &str) -> Option<String> {
         sys::request_header(name)
@@ -98,5 +105,37 @@ impl Request {
     /// Sets a per-request variable private to this filter.
     pub fn set_var(&mut self, name: &str, value: &str) {
         sys::set_request_var(name, value);
+    }
+}
+
+/// The IP of an `ip:port` address: `[::1]:5000` -> `::1`, `10.0.0.1:5000` -> `10.0.0.1`; an
+/// address without a port (a bare IPv6 has colons but no brackets) is returned as it is.
+pub(crate) fn ip_of(address: &str) -> &str {
+    let ip = match address.rsplit_once(':') {
+        Some((ip, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (ip.starts_with('[') || !ip.contains(':')) =>
+        {
+            ip
+        }
+        _ => address,
+    };
+    ip.strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(ip)
+}
+
+#[cfg(test)]
+mod ip_tests {
+    use super::ip_of;
+
+    #[test]
+    fn ip_of_strips_the_port_and_brackets() {
+        assert_eq!(ip_of("192.0.2.1:5"), "192.0.2.1");
+        assert_eq!(ip_of("[2001:db8::1]:5"), "2001:db8::1");
+        assert_eq!(ip_of("2001:db8::1"), "2001:db8::1");
+        assert_eq!(ip_of("[::1]"), "::1");
+        assert_eq!(ip_of("10.0.0.1"), "10.0.0.1");
     }
 }

@@ -309,7 +309,7 @@ impl Balancer {
         let req = ctx.request();
         let key_hash = match hash_header.and_then(|h| req.header(h)) {
             Some(value) => ring::hash(value.as_bytes()),
-            None => ring::hash(ring::client_ip(&req.client_address()).as_bytes()),
+            None => ring::hash(req.client_ip().as_bytes()),
         };
         // Attempt n passes over the n-1 endpoints earlier attempts used; when the failed one
         // has left the set (ejected), one fewer is still on the ring.

@@ -22,21 +22,6 @@ pub(crate) fn hash(bytes: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The client address without its port (the port changes with every connection).
-pub(crate) fn client_ip(address: &str) -> &str {
-    match address.rsplit_once(':') {
-        // `[::1]:5000` -> `[::1]`, `10.0.0.1:5000` -> `10.0.0.1`; a bare IPv6 has colons but no
-        // brackets and no port.
-        Some((ip, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (ip.starts_with('[') || !ip.contains(':')) =>
-        {
-            ip
-        }
-        _ => address,
-    }
-}
-
 /// A hash ring: points sorted by hash, each naming an index into the cluster's endpoint list.
 #[derive(Debug, Default)]
 pub(crate) struct Ring {

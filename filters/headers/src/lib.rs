@@ -201,10 +201,7 @@ impl Template {
 fn value_of(var: Var, req: &Request, resp: Option<&Response>) -> String {
     match var {
         Var::ClientAddress => req.client_address(),
-        Var::ClientIp => {
-            let address = req.client_address();
-            client_ip(&address).trim_matches(['[', ']']).to_owned()
-        }
+        Var::ClientIp => req.client_ip(),
         Var::RequestId => req.request_id(),
         Var::Method => req.method(),
         Var::Path => req.path(),
@@ -220,19 +217,6 @@ fn value_of(var: Var, req: &Request, resp: Option<&Response>) -> String {
             .and_then(Response::status)
             .map(|s| s.to_string())
             .unwrap_or_default(),
-    }
-}
-
-/// The client address without its port.
-fn client_ip(address: &str) -> &str {
-    match address.rsplit_once(':') {
-        Some((ip, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (ip.starts_with('[') || !ip.contains(':')) =>
-        {
-            ip
-        }
-        _ => address,
     }
 }
 

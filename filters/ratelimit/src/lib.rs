@@ -206,29 +206,13 @@ impl RateLimit {
 
     fn bucket_key(&self, req: &Request) -> String {
         let value = match &self.key {
-            Key::Client => {
-                let address = req.client_address();
-                client_ip(&address).to_owned()
-            }
+            Key::Client => req.client_ip(),
             Key::Route => req.cluster().unwrap_or_else(|| "-".to_owned()),
             Key::Header(name) => req
                 .header(name)
                 .map_or_else(|| "-".to_owned(), |v| format!("={v}")),
         };
         format!("{}{value}", self.prefix)
-    }
-}
-
-/// The client address without its port.
-fn client_ip(address: &str) -> &str {
-    match address.rsplit_once(':') {
-        Some((ip, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (ip.starts_with('[') || !ip.contains(':')) =>
-        {
-            ip
-        }
-        _ => address,
     }
 }
 
