@@ -85,7 +85,7 @@ bench-deps:
 		done; \
 	fi
 
-# The end-to-end load benchmark (bench/load.sh: about 5 minutes, results in bench/RESULTS.md).
+# The end-to-end load benchmark (bench/load.sh: about 4 minutes, results in bench/RESULTS.md).
 # Not part of `make test`.
 bench-load: build bench-deps
 	bash bench/load.sh
