@@ -12,7 +12,7 @@ FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
-.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean
+.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench-deps bench-load
 
 all: build
 
@@ -64,6 +64,32 @@ unit: filters test-deps
 	$(CARGO) test -q --workspace
 
 test: fmt-check clippy unit
+
+# Benchmark tools from Debian: wrk drives the load, nginx and haproxy are the proxies Spindle is
+# compared with, python3 holds the idle connections. Installing a Debian package of a server
+# starts its system service where systemd runs; the benchmark starts its own processes on
+# loopback ports, so the services this installs are stopped and disabled again.
+bench-deps:
+	@missing=""; \
+	for tool in wrk nginx haproxy python3; do \
+		command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "bench-deps: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		for svc in nginx haproxy; do \
+			case " $$missing " in *" $$svc "*) \
+				if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet $$svc 2>/dev/null; then \
+					systemctl disable --now --quiet $$svc || true; \
+				fi;; \
+			esac; \
+		done; \
+	fi
+
+# The end-to-end load benchmark (bench/load.sh: about 4 minutes, results in bench/RESULTS.md).
+# Not part of `make test`.
+bench-load: build bench-deps
+	bash bench/load.sh
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,648 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark: the same wrk load against a fast upstream directly, Spindle with
+# two filters (router + balancer), Spindle with four (+ retry + breaker), nginx and HAProxy; then
+# a filter hot swap under load and Spindle's memory with idle keep-alive connections. One run
+# measures everything so that the ratios hold on a noisy machine. `make bench-load` runs it.
+#
+# Needs: target/release/{spindle,demo-upstream}, target/filters/*.wasm (`make build`), and
+# wrk, nginx, haproxy, python3, taskset (`make bench-deps`). Everything started here listens on
+# 127.0.0.1 only and is stopped on exit.
+#
+# Environment (defaults in brackets):
+#   CONNECTIONS [32]        wrk connections (HTTP/1.1 keep-alive, one wrk thread)
+#   DURATION [10]           seconds of each measured run
+#   WARMUP [2]              seconds of warm-up load before each measured run
+#   ROUNDS [3]              rounds over all targets; the table shows the median round by req/s
+#   SWAP_DURATION [20]      seconds of load during the hot swap test
+#   SWAP_INTERVAL_MS [500]  time between two module replacements
+#   IDLE_CONNECTIONS ["1000 10000"]  steps of the memory test (connections open in all)
+#   PROXY_CPU [0], LOAD_CPU [1]      cores: each proxy on PROXY_CPU; upstream, wrk, clients on LOAD_CPU
+#   RESULTS [bench/RESULTS.md]       where the report is written as well as printed (empty: nowhere)
+#   PERF [0]                1: one more 4-filter run under `perf record`, top symbols printed
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+SPINDLE_BIN="${SPINDLE_BIN:-$ROOT/target/release/spindle}"
+UPSTREAM_BIN="${UPSTREAM_BIN:-$ROOT/target/release/demo-upstream}"
+FILTERS="${FILTERS:-$ROOT/target/filters}"
+CONNECTIONS="${CONNECTIONS:-32}"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-2}"
+ROUNDS="${ROUNDS:-3}"
+SWAP_DURATION="${SWAP_DURATION:-20}"
+SWAP_INTERVAL_MS="${SWAP_INTERVAL_MS:-500}"
+IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-1000 10000}"
+PROXY_CPU="${PROXY_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+RESULTS="${RESULTS-$ROOT/bench/RESULTS.md}"
+PERF="${PERF:-0}"
+# Debian puts nginx and haproxy in /usr/sbin, which a non-login shell may not have on its PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+WORK="$(mktemp -d -t spindle-bench.XXXXXX)"
+PIDS=()
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$status" -ne 0 ]; then
+    local log
+    for log in "$WORK"/*.log; do
+      [ -s "$log" ] || continue
+      echo "---- $(basename "$log") (last 15 lines) ----" >&2
+      tail -n 15 "$log" >&2 || true
+    done
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+die() {
+  echo "bench/load.sh: $*" >&2
+  exit 1
+}
+
+log() {
+  echo "==> $*" >&2
+}
+
+# ---- preflight
+for tool in wrk nginx haproxy python3 taskset; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run 'make bench-deps' first"
+done
+[ -x "$SPINDLE_BIN" ] || die "no spindle binary at $SPINDLE_BIN: run 'make build' first"
+[ -x "$UPSTREAM_BIN" ] || die "no demo-upstream binary at $UPSTREAM_BIN: run 'make build' first"
+for f in router balancer retry breaker; do
+  [ -f "$FILTERS/$f.wasm" ] || die "no $FILTERS/$f.wasm: run 'make build' first"
+done
+for n in "$CONNECTIONS" "$DURATION" "$WARMUP" "$ROUNDS" "$SWAP_DURATION" "$SWAP_INTERVAL_MS" \
+  "$PROXY_CPU" "$LOAD_CPU" $IDLE_CONNECTIONS; do
+  [[ "$n" =~ ^[0-9]+$ ]] || die "'$n' is not a whole number (see the environment variables at the top)"
+done
+if [ "$ROUNDS" -lt 1 ] || [ "$DURATION" -lt 1 ] || [ "$SWAP_INTERVAL_MS" -lt 50 ]; then
+  die "ROUNDS and DURATION must be at least 1, SWAP_INTERVAL_MS at least 50"
+fi
+if ! taskset -c "$PROXY_CPU" true 2>/dev/null || ! taskset -c "$LOAD_CPU" true 2>/dev/null; then
+  die "cannot pin to cores $PROXY_CPU and $LOAD_CPU (set PROXY_CPU and LOAD_CPU)"
+fi
+
+# File descriptors for the idle connections (the client and the proxy each hold one per connection).
+max_idle=0
+for n in $IDLE_CONNECTIONS; do
+  if [ "$n" -gt "$max_idle" ]; then max_idle=$n; fi
+done
+want_fds=$((max_idle + 4096))
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want_fds" ]; then
+  ulimit -n "$want_fds" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+fi
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((max_idle + 100)) ] ||
+  die "ulimit -n is $(ulimit -n), too low for $max_idle connections (lower IDLE_CONNECTIONS)"
+
+CLK_TCK="$(getconf CLK_TCK)"
+LOAD_BEFORE="$(uptime)"
+
+# ---- helpers
+
+# A free TCP port on 127.0.0.1 (the kernel picks it; used at once, so a clash is unlikely).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Raw HTTP/1.0 GET on 127.0.0.1 with bash only; prints the response (head and body).
+http_get() {
+  local port=$1 path=$2
+  exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$path" >&3
+  cat <&3
+  exec 3<&-
+}
+
+wait_for_port() {
+  local port=$1 what=$2
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "$what did not start listening on port $port"
+}
+
+wait_ready() {
+  local admin=$1
+  for _ in $(seq 1 150); do
+    if http_get "$admin" /ready 2>/dev/null | head -n 1 | grep -q ' 200'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "spindle did not become ready (admin port $admin)"
+}
+
+# Starts a command pinned to one core, its output in $WORK/NAME.log; sets STARTED to its pid.
+start() {
+  local name=$1 cpu=$2
+  shift 2
+  taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+  STARTED=$!
+  PIDS+=("$STARTED")
+}
+
+stop() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# utime + stime of a process and of its live children (nginx's worker), in clock ticks.
+cpu_ticks() {
+  local pid=$1 total=0 p stat fields children
+  children="$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)"
+  for p in "$pid" $children; do
+    stat="$(cat /proc/"$p"/stat 2>/dev/null)" || continue
+    # Fields after "pid (comm) " start at field 3 (state); utime and stime are fields 14 and 15.
+    read -r -a fields <<<"${stat##*) }"
+    total=$((total + fields[11] + fields[12]))
+  done
+  echo "$total"
+}
+
+metric() {
+  local admin=$1 pattern=$2
+  http_get "$admin" /metrics 2>/dev/null | awk -v p="$pattern" 'index($0, p) == 1 { s += $NF } END { print s + 0 }'
+}
+
+# wrk against http://127.0.0.1:PORT/ for SECONDS; the summary line goes to OUT.
+load() {
+  local port=$1 seconds=$2 out=$3
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 5s \
+    -s "$HERE/wrk-report.lua" "http://127.0.0.1:$port/" >"$out" 2>&1 ||
+    die "wrk failed: $(cat "$out")"
+  grep -q '^BENCH ' "$out" || die "wrk printed no summary: $(cat "$out")"
+}
+
+# The value of KEY in the BENCH line of a wrk output file.
+field() {
+  grep '^BENCH ' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'
+}
+
+# ---- configs
+
+UPSTREAM_PORT="$(free_port)"
+
+spindle_config() {
+  local file=$1 port=$2 admin=$3 chain=$4 balancer=$5
+  cat >"$file" <<EOF
+# Written by bench/load.sh.
+[admin]
+listen = "127.0.0.1:$admin"
+
+[runtime]
+worker_threads = 1
+cache_dir = "$WORK/cache"
+
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:$port"
+filters = [$chain]
+max_connections = 20000
+
+[filter.router]
+module = "$FILTERS/router.wasm"
+config = { routes = [{ path_prefix = "/", cluster = "upstream" }] }
+
+[filter.balancer]
+module = "$balancer"
+config = { policy = "round_robin" }
+
+[filter.retry]
+module = "$FILTERS/retry.wasm"
+config = { attempts = 3, retry_on = ["5xx", "connect-failure", "reset", "timeout"], per_try_timeout_ms = 2000, budget_percent = 20 }
+
+[filter.breaker]
+module = "$FILTERS/breaker.wasm"
+config = { consecutive_failures = 5, base_ejection_ms = 30000, max_ejection_percent = 50, max_pending = 1024 }
+
+[cluster.upstream]
+endpoints = ["127.0.0.1:$UPSTREAM_PORT"]
+connect_timeout_ms = 1000
+max_idle_per_endpoint = 256
+EOF
+}
+
+nginx_config() {
+  local dir=$1 port=$2 user=""
+  mkdir -p "$dir/logs"
+  # As root the worker drops to an unprivileged user; Debian has nobody:nogroup.
+  [ "$(id -u)" -eq 0 ] && user="user nobody nogroup;"
+  cat >"$dir/nginx.conf" <<EOF
+# Written by bench/load.sh: a plain reverse proxy with upstream keep-alive.
+$user
+worker_processes 1;
+worker_rlimit_nofile 10000;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  upstream backend {
+    server 127.0.0.1:$UPSTREAM_PORT;
+    keepalive 256;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+}
+
+haproxy_config() {
+  local file=$1 port=$2
+  cat >"$file" <<EOF
+# Written by bench/load.sh: a plain reverse proxy with server-side connection reuse.
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option forwardfor
+  http-reuse always
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend bench
+  bind 127.0.0.1:$port
+  default_backend upstream
+backend upstream
+  server upstream 127.0.0.1:$UPSTREAM_PORT
+EOF
+}
+
+TWO='"router", "balancer"'
+FOUR='"router", "balancer", "retry", "breaker"'
+
+# Starts the proxy of a target; sets PROXY_PID, PROXY_PORT and (for Spindle) ADMIN_PORT.
+start_proxy() {
+  local target=$1
+  PROXY_PORT="$(free_port)"
+  ADMIN_PORT=""
+  case "$target" in
+    direct)
+      PROXY_PID=""
+      PROXY_PORT="$UPSTREAM_PORT"
+      ;;
+    spindle-2 | spindle-4)
+      ADMIN_PORT="$(free_port)"
+      local chain="$TWO"
+      [ "$target" = spindle-4 ] && chain="$FOUR"
+      spindle_config "$WORK/$target.toml" "$PROXY_PORT" "$ADMIN_PORT" "$chain" "$FILTERS/balancer.wasm"
+      start "$target" "$PROXY_CPU" "$SPINDLE_BIN" --log-level warn run --config "$WORK/$target.toml"
+      PROXY_PID=$STARTED
+      wait_ready "$ADMIN_PORT"
+      ;;
+    nginx)
+      nginx_config "$WORK/nginx" "$PROXY_PORT"
+      start nginx "$PROXY_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log" -g 'daemon off;'
+      PROXY_PID=$STARTED
+      wait_for_port "$PROXY_PORT" nginx
+      ;;
+    haproxy)
+      haproxy_config "$WORK/haproxy.cfg" "$PROXY_PORT"
+      start haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
+      PROXY_PID=$STARTED
+      wait_for_port "$PROXY_PORT" haproxy
+      ;;
+  esac
+}
+
+# ---- upstream
+log "upstream: demo-upstream on 127.0.0.1:$UPSTREAM_PORT, core $LOAD_CPU"
+start upstream "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench
+UPSTREAM_PID=$STARTED
+wait_for_port "$UPSTREAM_PORT" demo-upstream
+
+TARGETS=(direct spindle-2 spindle-4 nginx haproxy)
+declare -A LABEL=(
+  [direct]="upstream direct (no proxy)"
+  [spindle-2]="Spindle: router + balancer"
+  [spindle-4]="Spindle: router + balancer + retry + breaker"
+  [nginx]="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
+  [haproxy]="HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }')"
+)
+declare -A THREADS=([direct]="—" [spindle-2]="1 worker thread" [spindle-4]="1 worker thread"
+  [nginx]="worker_processes 1" [haproxy]="nbthread 1")
+
+# ---- throughput and latency, ROUNDS rounds over every target
+mkdir -p "$WORK/results"
+for round in $(seq 1 "$ROUNDS"); do
+  for target in "${TARGETS[@]}"; do
+    log "round $round/$ROUNDS: $target (${WARMUP}s warm-up, ${DURATION}s measured, $CONNECTIONS connections)"
+    start_proxy "$target"
+    if [ "$WARMUP" -gt 0 ]; then
+      load "$PROXY_PORT" "$WARMUP" "$WORK/warmup.out"
+    fi
+    out="$WORK/results/$target.$round"
+    if [ -n "$PROXY_PID" ]; then
+      before="$(cpu_ticks "$PROXY_PID")"
+      load "$PROXY_PORT" "$DURATION" "$out"
+      echo "ticks=$(($(cpu_ticks "$PROXY_PID") - before))" >>"$out"
+      stop "$PROXY_PID"
+    else
+      load "$PROXY_PORT" "$DURATION" "$out"
+      echo "ticks=-1" >>"$out"
+    fi
+  done
+done
+
+# The median round of a target (by requests per second): prints its wrk output file.
+median_round() {
+  local target=$1 r
+  for r in $(seq 1 "$ROUNDS"); do
+    local f="$WORK/results/$target.$r"
+    echo "$(awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.3f", n * 1e6 / d }') $f"
+  done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }'
+}
+
+declare -A RPS P50 P99 P999 CPU10K CPUPCT ERRORS RANGE
+for target in "${TARGETS[@]}"; do
+  f="$(median_round "$target")"
+  requests="$(field "$f" requests)"
+  dur="$(field "$f" duration_us)"
+  ticks="$(sed -n 's/^ticks=//p' "$f")"
+  RPS[$target]="$(awk -v n="$requests" -v d="$dur" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
+  P50[$target]="$(field "$f" p50_us)"
+  P99[$target]="$(field "$f" p99_us)"
+  P999[$target]="$(field "$f" p999_us)"
+  errors=0
+  for k in err_connect err_read err_write err_timeout err_status; do
+    errors=$((errors + $(field "$f" "$k")))
+  done
+  ERRORS[$target]=$errors
+  if [ "$ticks" -ge 0 ]; then
+    CPU10K[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
+    CPUPCT[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v d="$dur" 'BEGIN { printf "%.0f%%", t / hz / (d / 1e6) * 100 }')"
+  else
+    CPU10K[$target]="—"
+    CPUPCT[$target]="—"
+  fi
+  RANGE[$target]="$(for r in $(seq 1 "$ROUNDS"); do
+    g="$WORK/results/$target.$r"
+    awk -v n="$(field "$g" requests)" -v d="$(field "$g" duration_us)" 'BEGIN { printf "%.0f\n", n * 1e6 / d }'
+  done | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }')"
+done
+
+# ---- hot swap under load
+log "hot swap: ${SWAP_DURATION}s of load on the 4-filter chain, balancer.wasm replaced every ${SWAP_INTERVAL_MS} ms"
+mkdir -p "$WORK/swap"
+cp "$FILTERS/balancer.wasm" "$WORK/swap/balancer-a.wasm"
+cp "$FILTERS/balancer.wasm" "$WORK/swap/balancer-b.wasm"
+# A custom section (id 0, 12 bytes: name length 10, "bench-swap", payload "b") makes a second,
+# equally valid module with another sha256, so every replacement is a real reload.
+printf '\000\014\012bench-swapb' >>"$WORK/swap/balancer-b.wasm"
+cp "$WORK/swap/balancer-a.wasm" "$WORK/swap/balancer.wasm"
+SWAP_PORT="$(free_port)"
+SWAP_ADMIN="$(free_port)"
+spindle_config "$WORK/swap.toml" "$SWAP_PORT" "$SWAP_ADMIN" "$FOUR" "$WORK/swap/balancer.wasm"
+"$SPINDLE_BIN" --log-level warn check --config "$WORK/swap.toml" >/dev/null
+cp "$WORK/swap/balancer-b.wasm" "$WORK/swap/balancer.wasm"
+"$SPINDLE_BIN" --log-level warn check --config "$WORK/swap.toml" >/dev/null ||
+  die "the second balancer variant does not load"
+cp "$WORK/swap/balancer-a.wasm" "$WORK/swap/balancer.wasm"
+start spindle-swap "$PROXY_CPU" "$SPINDLE_BIN" --log-level warn run --config "$WORK/swap.toml"
+SWAP_PID=$STARTED
+wait_ready "$SWAP_ADMIN"
+if [ "$WARMUP" -gt 0 ]; then
+  load "$SWAP_PORT" "$WARMUP" "$WORK/warmup.out"
+fi
+ok_before="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="ok"}')"
+err_before="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="error"}')"
+swaps=$((SWAP_DURATION * 1000 / SWAP_INTERVAL_MS))
+interval="$(awk -v ms="$SWAP_INTERVAL_MS" 'BEGIN { printf "%.3f", ms / 1000 }')"
+(
+  # Write beside the target, then rename over it: the watcher sees one complete new file.
+  for i in $(seq 1 "$swaps"); do
+    sleep "$interval"
+    variant=a
+    [ $((i % 2)) -eq 1 ] && variant=b
+    cp "$WORK/swap/balancer-$variant.wasm" "$WORK/swap/.balancer.wasm.new"
+    mv -f "$WORK/swap/.balancer.wasm.new" "$WORK/swap/balancer.wasm"
+  done
+) &
+SWAPPER=$!
+PIDS+=("$SWAPPER")
+load "$SWAP_PORT" "$SWAP_DURATION" "$WORK/swap.out"
+wait "$SWAPPER" || true
+sleep 1.5
+ok_after="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="ok"}')"
+err_after="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="error"}')"
+stop "$SWAP_PID"
+SWAP_RELOADS=$((ok_after - ok_before))
+SWAP_RELOAD_ERRORS=$((err_after - err_before))
+SWAP_FAILED=0
+for k in err_connect err_read err_write err_timeout err_status; do
+  SWAP_FAILED=$((SWAP_FAILED + $(field "$WORK/swap.out" "$k")))
+done
+SWAP_REQUESTS="$(field "$WORK/swap.out" requests)"
+SWAP_RPS="$(awk -v n="$SWAP_REQUESTS" -v d="$(field "$WORK/swap.out" duration_us)" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
+SWAP_P99="$(field "$WORK/swap.out" p99_us)"
+
+# ---- memory with idle keep-alive connections
+log "memory: the 4-filter Spindle idle, then with $IDLE_CONNECTIONS idle keep-alive connections"
+MEM_PORT="$(free_port)"
+MEM_ADMIN="$(free_port)"
+spindle_config "$WORK/mem.toml" "$MEM_PORT" "$MEM_ADMIN" "$FOUR" "$FILTERS/balancer.wasm"
+start spindle-mem "$PROXY_CPU" "$SPINDLE_BIN" --log-level warn run --config "$WORK/mem.toml"
+MEM_PID=$STARTED
+wait_ready "$MEM_ADMIN"
+# shellcheck disable=SC2086 # IDLE_CONNECTIONS is a list of steps
+taskset -c "$LOAD_CPU" python3 "$HERE/idle_conns.py" --port "$MEM_PORT" --pid "$MEM_PID" \
+  --admin "127.0.0.1:$MEM_ADMIN" $IDLE_CONNECTIONS >"$WORK/mem.out" 2>&1 ||
+  die "idle connection test failed: $(cat "$WORK/mem.out")"
+stop "$MEM_PID"
+MEM_CLOSED="$(sed -n 's/^CLOSED count=//p' "$WORK/mem.out")"
+mem_value() {
+  awk -v open="$1" -v key="$2" '$1 == "CONNS" {
+    delete kv; for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
+    if (kv["open"] == open) print kv[key] }' "$WORK/mem.out"
+}
+IDLE_RSS_KB="$(mem_value 0 rss_kb)"
+# The per-connection figure judged below: the slope between the last two steps, which leaves
+# out what the first requests set up once (filter instances, the upstream connection).
+read -r -a steps <<<"$IDLE_CONNECTIONS"
+LAST_STEP=${steps[${#steps[@]} - 1]}
+PREV_STEP=0
+[ "${#steps[@]}" -gt 1 ] && PREV_STEP=${steps[${#steps[@]} - 2]}
+KB_PER_CONN="$(awk -v a="$(mem_value "$LAST_STEP" rss_kb)" -v b="$(mem_value "$PREV_STEP" rss_kb)" \
+  -v n=$((LAST_STEP - PREV_STEP)) 'BEGIN { printf "%.1f", (a - b) / n }')"
+
+# ---- optional profile of the 4-filter chain
+PERF_TOP=""
+if [ "$PERF" = 1 ]; then
+  command -v perf >/dev/null 2>&1 || die "PERF=1 needs perf (Debian: linux-perf)"
+  log "perf: ${DURATION}s of load on the 4-filter chain under perf record"
+  start_proxy spindle-4
+  if [ "$WARMUP" -gt 0 ]; then
+    load "$PROXY_PORT" "$WARMUP" "$WORK/warmup.out"
+  fi
+  perf record -q -F 999 -o "$WORK/perf.data" -p "$PROXY_PID" -- sleep "$DURATION" >"$WORK/perf.log" 2>&1 &
+  perf_pid=$!
+  PIDS+=("$perf_pid")
+  load "$PROXY_PORT" "$DURATION" "$WORK/perf.out"
+  wait "$perf_pid" || true
+  # Self time by binary, then by symbol. The filters' compiled code is mapped from Spindle's cache,
+  # in files named after the module's sha256: name them after the filter instead.
+  names=()
+  for f in router balancer retry breaker; do
+    names+=(-e "s/$(sha256sum "$FILTERS/$f.wasm" | cut -d' ' -f1)-[0-9a-f]*\\.cwasm/$f.wasm (compiled)/")
+  done
+  PERF_TOP="$(
+    perf report -i "$WORK/perf.data" --stdio --no-children -g none --sort dso 2>/dev/null |
+      awk '/^ +[0-9]/ && n < 8 { $1 = $1; print; n++ }'
+    echo
+    perf report -i "$WORK/perf.data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null |
+      awk '/^ +[0-9]/ && n < 25 { $1 = $1; sub(/ - -$/, ""); print; n++ }'
+  )"
+  PERF_TOP="$(sed "${names[@]}" <<<"$PERF_TOP")"
+  stop "$PROXY_PID"
+fi
+stop "$UPSTREAM_PID"
+LOAD_AFTER="$(uptime)"
+
+# ---- report
+ms() {
+  awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'
+}
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "—"; else printf "%.2f", a / b }'
+}
+# verdict CONDITION-AS-AWK-EXPRESSION: "met" or "**missed**"
+verdict() {
+  awk "BEGIN { if ($1) print \"met\"; else print \"**missed**\" }"
+}
+
+report() {
+  local t
+  echo "# Spindle load benchmark (\`make bench-load\`)"
+  echo
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr); shared with other work, so numbers are noisy"
+  echo "- Load average before: ${LOAD_BEFORE##*load average: }; after: ${LOAD_AFTER##*load average: }"
+  echo "- Command: \`make bench-load\` (\`CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS SWAP_DURATION=$SWAP_DURATION SWAP_INTERVAL_MS=$SWAP_INTERVAL_MS IDLE_CONNECTIONS=\"$IDLE_CONNECTIONS\" PERF=$PERF bash bench/load.sh\`)"
+  echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`, HTTP/1.1 keep-alive, GET / answered 200 with a 6-byte body by \`demo-upstream\` (hyper, 1 worker thread); ${WARMUP}s warm-up before every run; each proxy started afresh for each run"
+  echo "- Pinning: each proxy on core $PROXY_CPU (\`taskset -c $PROXY_CPU\`), upstream and wrk on core $LOAD_CPU; one serving thread per proxy: Spindle \`[runtime] worker_threads = 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`"
+  echo "- All proxies keep upstream connections alive (nginx \`keepalive\` + \`proxy_http_version 1.1\` + \`Connection \"\"\`, HAProxy \`http-reuse always\`) and add \`X-Forwarded-For\` as Spindle does; Spindle runs with \`--log-level warn\`"
+  echo "- $ROUNDS rounds over all targets; each row is the target's median round by req/s (the range column shows all rounds)"
+  echo
+  echo "## Throughput and latency"
+  echo
+  echo "| target | threads | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | req/s vs nginx | proxy CPU s / 10k req | proxy CPU | failed |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for t in "${TARGETS[@]}"; do
+    echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${CPUPCT[$t]} | ${ERRORS[$t]} |"
+  done
+  echo
+  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core. \"failed\" counts wrk's socket errors and responses >= 400."
+  echo
+  # A proxy that did not use its whole core was held back by something other than its own work:
+  # the load side (wrk and the upstream share one core) or other processes on the machine. Its
+  # req/s is then a lower bound, and CPU per request is the comparison that holds.
+  local idle=""
+  for t in "${TARGETS[@]}"; do
+    if [ "${CPU10K[$t]}" != "—" ] && [ "${CPUPCT[$t]%\%}" -lt 90 ]; then
+      idle="$idle${idle:+, }${LABEL[$t]} (${CPUPCT[$t]})"
+    fi
+  done
+  if [ -n "$idle" ]; then
+    echo "Used under 90% of its core: $idle. Such a proxy was held back by the load side (wrk and the upstream share one core) or by other processes on the machine, not by its own work: its req/s is a lower bound, and CPU per request is the fairer comparison."
+    echo
+  fi
+  echo "4-filter / 2-filter throughput: **$(ratio "${RPS[spindle-4]}" "${RPS[spindle-2]}")**"
+  echo
+  echo "## Hot swap under load"
+  echo
+  echo "${SWAP_DURATION}s of the same load on the 4-filter chain while \`balancer.wasm\` is replaced (copy beside it, rename over it) every ${SWAP_INTERVAL_MS} ms, alternating between two variants that differ by a custom section."
+  echo
+  echo "| replacements | reloads ok | reloads refused | requests | failed | req/s | p99 ms during swaps | p99 ms without (4-filter row) |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| $swaps | $SWAP_RELOADS | $SWAP_RELOAD_ERRORS | $SWAP_REQUESTS | $SWAP_FAILED | $SWAP_RPS | $(ms "$SWAP_P99") | $(ms "${P99[spindle-4]}") |"
+  echo
+  echo "## Memory"
+  echo
+  echo "VmRSS of the 4-filter Spindle (1 worker thread): idle right after \`/ready\`, then with idle keep-alive connections (each sent one request, read the response, and stays open)."
+  echo
+  echo "| open connections | Spindle's count | VmRSS MB | KB per connection (from idle) | KB per connection (from the previous step) |"
+  echo "| ---: | ---: | ---: | ---: | ---: |"
+  local prev_open=0 prev_rss="$IDLE_RSS_KB" open rss
+  while read -r open rss gauge; do
+    if [ "$open" -eq 0 ]; then
+      echo "| 0 (idle) | $gauge | $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') | — | — |"
+    else
+      echo "| $open | $gauge | $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') | $(awk -v a="$rss" -v b="$IDLE_RSS_KB" -v n="$open" 'BEGIN { printf "%.1f", (a - b) / n }') | $(awk -v a="$rss" -v b="$prev_rss" -v n="$open" -v m="$prev_open" 'BEGIN { printf "%.1f", (a - b) / (n - m) }') |"
+    fi
+    prev_open=$open
+    prev_rss=$rss
+  done < <(awk '$1 == "CONNS" { delete kv; for (i = 2; i <= NF; i++) { split($i, p, "="); kv[p[1]] = p[2] }
+    print kv["open"], kv["rss_kb"], kv["gauge"] }' "$WORK/mem.out")
+  echo
+  echo "Connections the proxy had closed by the end: ${MEM_CLOSED:-?}."
+  echo
+  echo "## Targets (issue 5)"
+  echo
+  echo "| target | measured | verdict |"
+  echo "| --- | --- | --- |"
+  echo "| 4-filter throughput >= 0.85x router+balancer | $(ratio "${RPS[spindle-4]}" "${RPS[spindle-2]}")x | $(verdict "${RPS[spindle-4]} >= 0.85 * ${RPS[spindle-2]}") |"
+  local per_core=""
+  if [ "${CPUPCT[nginx]%\%}" -lt 90 ]; then
+    per_core="; nginx not CPU-bound: per CPU second Spindle serves $(ratio "${CPU10K[nginx]}" "${CPU10K[spindle-4]}")x nginx's requests"
+  fi
+  echo "| 4-filter throughput >= 1.0x nginx | $(ratio "${RPS[spindle-4]}" "${RPS[nginx]}")x$per_core | $(verdict "${RPS[spindle-4]} >= ${RPS[nginx]}") |"
+  echo "| CPU per request <= nginx | ${CPU10K[spindle-4]} vs ${CPU10K[nginx]} CPU s / 10k req | $(verdict "${CPU10K[spindle-4]} <= ${CPU10K[nginx]}") |"
+  echo "| p99 <= 1.2x nginx p99 | $(ms "${P99[spindle-4]}") vs $(ms "${P99[nginx]}") ms ($(ratio "${P99[spindle-4]}" "${P99[nginx]}")x) | $(verdict "${P99[spindle-4]} <= 1.2 * ${P99[nginx]}") |"
+  echo "| 0 failed requests during swaps (with reloads happening) | $SWAP_FAILED failed, $SWAP_RELOADS reloads | $(verdict "$SWAP_FAILED == 0 && $SWAP_RELOADS > 0") |"
+  echo "| idle RSS <= 40 MB | $(awk -v k="$IDLE_RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }') MB | $(verdict "$IDLE_RSS_KB <= 40 * 1024") |"
+  echo "| <= 20 KB per idle keep-alive connection | $KB_PER_CONN KB (from $PREV_STEP to $LAST_STEP connections) | $(verdict "$KB_PER_CONN <= 20") |"
+  if [ -n "$PERF_TOP" ]; then
+    echo
+    echo "## Profile of the 4-filter run (perf, self time, top symbols)"
+    echo
+    echo '```'
+    echo "$PERF_TOP"
+    echo '```'
+  fi
+}
+
+report >"$WORK/report.md"
+cat "$WORK/report.md"
+if [ -n "$RESULTS" ]; then
+  cp "$WORK/report.md" "$RESULTS"
+  log "report written to $RESULTS"
+fi
