@@ -12,7 +12,7 @@ FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
-.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean
+.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit bench-micro clean
 
 all: build
 
@@ -63,6 +63,12 @@ unit: filters test-deps
 	$(CARGO) test -q --workspace
 
 test: fmt-check clippy unit
+
+# Criterion micro-benchmarks of the real hook calls, the four-filter chain, the
+# instance pool and the shared store (host/benches/micro.rs, about 2 minutes;
+# reports in target/criterion).
+bench-micro: filters
+	$(CARGO) bench -p spindle-host
 
 clean:
 	$(CARGO) clean
