@@ -12,7 +12,7 @@ FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
-.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench-deps bench-load
+.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro
 
 all: build
 
@@ -90,6 +90,15 @@ bench-deps:
 # Not part of `make test`.
 bench-load: build bench-deps
 	bash bench/load.sh
+
+# Criterion micro-benchmarks of the real hook calls, the four-filter chain, the
+# instance pool and the shared store (host/benches/micro.rs, about 2 minutes;
+# reports in target/criterion).
+bench-micro: filters
+	$(CARGO) bench -p spindle-host
+
+# Both benchmarks: the micro-benchmarks, then the load benchmark.
+bench: bench-micro bench-load
 
 clean:
 	$(CARGO) clean

@@ -4,6 +4,7 @@
 
 mod context;
 mod local;
+mod without_io;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 
 pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
 use self::local::local;
+pub use self::without_io::handle_without_io;
 use crate::config::FailMode;
 use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};

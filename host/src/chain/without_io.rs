@@ -1,0 +1,131 @@
+//! One request through a listener's chain without network I/O, for the
+//! micro-benchmarks (`host/benches`): the phases and bookkeeping of
+//! [`handle`](super::handle), with the upstream's answer given instead of
+//! fetched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+
+use super::local::local;
+use super::{
+    Outcome, RequestCtx, Run, attempt_error, new_request_id, retry_after_ms, strip_hop_by_hop,
+};
+use crate::runtime::Proxy;
+use crate::upstream::{AttemptResult, DownBody, InFlight, UpBody};
+use crate::wasm::AttemptOutcome;
+
+/// Runs `req` through the chain of `listener` as [`handle`](super::handle)
+/// does (request phase, pick, attempt phase, response phase, done phase,
+/// stats), except that no body is read and no connection is made: the
+/// endpoint picked for the first attempt answers with `upstream`'s head.
+/// A retry the filters ask for is not made; the answer is kept.
+///
+/// Only a filter's `delay` awaits (a tokio timer): without one, the future
+/// is ready on its first poll.
+pub async fn handle_without_io(
+    proxy: &Arc<Proxy>,
+    listener: &str,
+    req: Request<()>,
+    client: SocketAddr,
+    upstream: Response<()>,
+) -> Response<DownBody> {
+    let start = Instant::now();
+    let runtime = proxy.runtime.load_full();
+    let Some(chain) = runtime.chains.get(listener).cloned() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
+    };
+    let (parts, ()) = req.into_parts();
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let mut ctx = Some(Box::new(RequestCtx::new(parts, client, request_id)));
+    let mut run = Run {
+        proxy,
+        chain: &chain,
+        ctx: &mut ctx,
+        attempts: 0,
+        endpoint: None,
+    };
+    let outcome = match run.request_phase().await {
+        Some(resp) => Outcome::Local(resp),
+        None => run.first_attempt_without_io(upstream),
+    };
+    let resp = run.response_phase(outcome);
+    let status = resp.status();
+    let duration = start.elapsed();
+    chain
+        .stats
+        .record(status.as_u16(), duration.as_nanos() as u64);
+    run.done(status, duration);
+    resp
+}
+
+impl Run<'_> {
+    /// `upstream_phase` for one attempt whose endpoint answers `upstream`.
+    fn first_attempt_without_io(&mut self, upstream: Response<()>) -> Outcome {
+        let Some(cluster_name) = self.ctx().cluster.clone() else {
+            let path = self.ctx().head.uri.path().to_string();
+            return Outcome::Local(local(
+                StatusCode::NOT_FOUND,
+                &format!("no route for {path}\n"),
+            ));
+        };
+        let Some(cluster) = self.proxy.upstreams.cluster(&cluster_name) else {
+            return Outcome::Local(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cluster `{cluster_name}` is not defined\n"),
+            ));
+        };
+        self.attempts += 1;
+        let attempt = self.attempts;
+        let endpoint = match self.pick(&cluster, attempt, None) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                return Outcome::Local(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("no healthy endpoint in cluster `{cluster_name}`\n"),
+                ));
+            }
+            Err(r) => return Outcome::Local(*r),
+        };
+        self.endpoint = Some(endpoint.clone());
+        // Built as for a real attempt, then dropped instead of sent.
+        let sent_req = self.upstream_request(&endpoint, UpBody::full(Bytes::new()));
+        let sent = Instant::now();
+        let in_flight = InFlight::new(endpoint.clone());
+        drop(sent_req);
+        drop(in_flight);
+        let latency = sent.elapsed();
+        let (mut parts, ()) = upstream.into_parts();
+        let kind = AttemptResult::from_status(parts.status.as_u16());
+        endpoint.record(kind, latency);
+        cluster.duration.observe_ns(latency.as_nanos() as u64);
+        let outcome = AttemptOutcome {
+            cluster: cluster_name,
+            endpoint: endpoint.id,
+            attempt,
+            status: Some(parts.status.as_u16()),
+            error: attempt_error(kind),
+            latency_ns: latency.as_nanos() as u64,
+            retryable_body: true,
+            retry_after_ms: parts
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| retry_after_ms(v, SystemTime::now())),
+        };
+        if let Err(r) = self.attempt_phase(&outcome) {
+            return Outcome::Local(*r);
+        }
+        // What `response_phase` does to an upstream response's head.
+        strip_hop_by_hop(&mut parts.headers);
+        Outcome::Local(Response::from_parts(parts, DownBody::Local(None)))
+    }
+}
