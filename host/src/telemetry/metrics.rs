@@ -128,8 +128,9 @@ pub trait Collector: Send + Sync {
 const FILTER_ERROR_KINDS: [&str; 4] = ["deadline", "instantiate", "memory", "trap"];
 
 /// Host metrics that share the `spindle_filter_` prefix with filter-defined ones.
-const HOST_FILTER_METRICS: [&str; 5] = [
+const HOST_FILTER_METRICS: [&str; 6] = [
     "spindle_filter_reloads_total",
+    "spindle_filter_calls_total",
     "spindle_filter_errors_total",
     "spindle_filter_call_duration_seconds",
     "spindle_filter_instances",
@@ -278,7 +279,21 @@ impl Metrics {
                 l.connections.load(Ordering::Relaxed)
             );
         }
-        out.push_str("# HELP spindle_filter_call_duration_seconds Duration of filter hook calls, by filter and hook.\n");
+        out.push_str("# HELP spindle_filter_calls_total Filter hook calls, by filter and hook.\n");
+        out.push_str("# TYPE spindle_filter_calls_total counter\n");
+        for f in lock(&self.filters).values() {
+            for (hook, c) in HOOK_NAMES.iter().zip(f.call_counts.iter()) {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "spindle_filter_calls_total{{filter=\"{}\",hook=\"{hook}\"}} {v}",
+                        escape(&f.filter)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP spindle_filter_call_duration_seconds Duration of filter hook calls (one call in 8 is timed), by filter and hook.\n");
         out.push_str("# TYPE spindle_filter_call_duration_seconds histogram\n");
         for f in lock(&self.filters).values() {
             for (hook, h) in HOOK_NAMES.iter().zip(f.calls.iter()) {
@@ -350,6 +365,8 @@ pub struct FilterMetrics {
     families: Mutex<Vec<Arc<Family>>>,
     /// Hook call durations, indexed like [`HOOK_NAMES`].
     pub calls: [Histogram; 5],
+    /// Every hook call, by hook (`calls` times a sample of them).
+    pub call_counts: [AtomicU64; 5],
 }
 
 /// The hooks whose call durations are measured.
@@ -386,6 +403,7 @@ impl FilterMetrics {
             filter: filter.to_string(),
             families: Mutex::new(Vec::new()),
             calls: std::array::from_fn(|_| Histogram::with_bounds(&CALL_BUCKETS)),
+            call_counts: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 

@@ -91,6 +91,8 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     pub weight: u32,
     pub in_flight: AtomicU32,
+    /// Its cluster's in-flight total, counted along with `in_flight`.
+    cluster_in_flight: Arc<AtomicU32>,
     /// EWMA of latency in ns (0: no sample yet).
     pub ewma_ns: AtomicU64,
     pub consecutive_failures: AtomicU32,
@@ -138,6 +140,7 @@ pub struct InFlight(Arc<Endpoint>);
 impl InFlight {
     pub fn new(e: Arc<Endpoint>) -> Self {
         e.in_flight.fetch_add(1, Ordering::Relaxed);
+        e.cluster_in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(e)
     }
 }
@@ -145,6 +148,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.cluster_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -168,6 +172,8 @@ pub struct Cluster {
     /// Upstream connections of this cluster (all its clients).
     pub connections: Arc<ConnStats>,
     pub retries: AtomicU64,
+    /// Requests in flight to all members, see [`Cluster::in_flight`].
+    in_flight: Arc<AtomicU32>,
     pub duration: Histogram,
     membership: std::sync::Mutex<()>,
     cursor: std::sync::atomic::AtomicUsize,
@@ -235,12 +241,10 @@ impl Cluster {
     }
 
     /// In-flight requests over every member.
+    /// Requests in flight to the cluster's endpoints (kept as a total, so
+    /// that asking costs the same for 3 endpoints as for 1,000).
     pub fn in_flight(&self) -> u32 {
-        self.members
-            .load()
-            .iter()
-            .map(|e| e.in_flight.load(Ordering::Relaxed))
-            .sum()
+        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -312,6 +316,7 @@ impl Upstreams {
                         client: ArcSwap::from_pointee(build_client(cfg, connections.clone())),
                         connections,
                         retries: AtomicU64::new(0),
+                        in_flight: Arc::new(AtomicU32::new(0)),
                         duration: Histogram::default(),
                         membership: std::sync::Mutex::new(()),
                         cursor: Default::default(),
@@ -352,6 +357,7 @@ impl Upstreams {
                         authority,
                         weight: spec.weight().max(1),
                         in_flight: AtomicU32::new(0),
+                        cluster_in_flight: cluster.in_flight.clone(),
                         ewma_ns: AtomicU64::new(0),
                         consecutive_failures: AtomicU32::new(0),
                         total: AtomicU64::new(0),
@@ -598,6 +604,26 @@ mod tests {
         let h3 = c.healthy(u.now_ms());
         assert_eq!(h3.endpoints.len(), 2);
         assert!(h3.generation > h2.generation);
+    }
+
+    #[tokio::test]
+    async fn the_cluster_counts_requests_in_flight_across_members() {
+        let u = Upstreams::new(Instant::now());
+        u.apply(&[("api".into(), cfg(&["127.0.0.1:1", "127.0.0.1:2"]))]);
+        let c = u.cluster("api").unwrap();
+        let members = c.members();
+        let a = InFlight::new(members[0].clone());
+        let b = InFlight::new(members[1].clone());
+        let a2 = InFlight::new(members[0].clone());
+        assert_eq!(c.in_flight(), 3);
+        assert_eq!(members[0].in_flight.load(Ordering::Relaxed), 2);
+        drop(a);
+        drop(b);
+        // A member removed while a request is in flight still counts it out.
+        u.apply(&[("api".into(), cfg(&["127.0.0.1:2"]))]);
+        assert_eq!(c.in_flight(), 1);
+        drop(a2);
+        assert_eq!(c.in_flight(), 0);
     }
 
     #[tokio::test]

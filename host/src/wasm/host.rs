@@ -349,10 +349,11 @@ impl Host for HostState {
     fn cluster_stats(&mut self, cluster: String) -> Option<ClusterStats> {
         let c = self.env.upstreams.cluster(&cluster)?;
         let now = self.env.upstreams.now_ms();
-        let members = c.members();
+        let endpoints = c.members().len() as u32;
+        let healthy = c.healthy(now).endpoints.len() as u32;
         Some(ClusterStats {
-            endpoints: members.len() as u32,
-            ejected: members.iter().filter(|e| e.is_ejected(now)).count() as u32,
+            endpoints,
+            ejected: endpoints.saturating_sub(healthy),
             in_flight: c.in_flight(),
         })
     }
