@@ -163,6 +163,10 @@ pub struct FilterConfig {
     /// Warm instances kept idle in the pool.
     #[serde(default = "default_max_idle_instances")]
     pub max_idle_instances: usize,
+    /// Label sets each metric the filter defines may have; recording a new
+    /// one past this is refused (the filter gets an error).
+    #[serde(default = "default_max_metric_series")]
+    pub max_metric_series: usize,
 }
 
 fn default_memory_limit_mb() -> u64 {
@@ -173,6 +177,9 @@ fn default_call_timeout_ms() -> u64 {
 }
 fn default_max_idle_instances() -> usize {
     64
+}
+fn default_max_metric_series() -> usize {
+    1000
 }
 
 /// `[cluster.NAME]`.
@@ -503,6 +510,12 @@ impl Config {
                     format!(
                         "filter `{name}`: memory_limit_mb must be between 1 and {MAX_MEMORY_MB}"
                     ),
+                ));
+            }
+            if f.get_ref().max_metric_series == 0 {
+                return Err(self.error(
+                    Some(f.span()),
+                    format!("filter `{name}`: max_metric_series must be at least 1"),
                 ));
             }
             if f.get_ref().call_timeout_ms == 0 {

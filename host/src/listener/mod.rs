@@ -118,12 +118,15 @@ async fn serve_connection(
         let proxy = proxy.clone();
         let name = name.clone();
         let active = svc_active.clone();
-        async move {
+        // Boxed: hyper keeps room for the service's future inside every
+        // connection, idle ones included; a box keeps that room one pointer
+        // wide and the request's state on the heap only while it runs.
+        Box::pin(async move {
             active.fetch_add(1, Ordering::AcqRel);
             let resp = crate::chain::handle(&proxy, &name, req, peer).await;
             active.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(resp)
-        }
+        })
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);

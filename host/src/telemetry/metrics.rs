@@ -363,6 +363,8 @@ pub enum Kind {
 pub struct FilterMetrics {
     filter: String,
     families: Mutex<Vec<Arc<Family>>>,
+    /// Label sets per metric (`max_metric_series` of the running version).
+    max_series: std::sync::atomic::AtomicUsize,
     /// Hook call durations, indexed like [`HOOK_NAMES`].
     pub calls: [Histogram; 5],
     /// Every hook call, by hook (`calls` times a sample of them).
@@ -374,6 +376,7 @@ pub struct FilterMetrics {
 pub const HOOK_NAMES: [&str; 5] = ["request", "pick", "attempt", "response", "done"];
 
 /// Series cap per filter-defined metric, so that a filter cannot exhaust memory.
+/// The default of `max_metric_series`.
 pub const MAX_SERIES_PER_METRIC: usize = 1000;
 const MAX_METRICS_PER_FILTER: usize = 256;
 
@@ -398,10 +401,17 @@ const FILTER_BUCKETS: [f64; 12] = [
 ];
 
 impl FilterMetrics {
+    /// Sets the cap on label sets per metric (a filter version's
+    /// `max_metric_series`; series already recorded stay).
+    pub fn set_max_series(&self, cap: usize) {
+        self.max_series.store(cap.max(1), Ordering::Relaxed);
+    }
+
     fn new(filter: &str) -> Self {
         Self {
             filter: filter.to_string(),
             families: Mutex::new(Vec::new()),
+            max_series: std::sync::atomic::AtomicUsize::new(MAX_SERIES_PER_METRIC),
             calls: std::array::from_fn(|_| Histogram::with_bounds(&CALL_BUCKETS)),
             call_counts: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -478,11 +488,12 @@ impl FilterMetrics {
         }
         let mut series = lock(&fam.series);
         let len = series.len();
+        let cap = self.max_series.load(Ordering::Relaxed);
         let v = match series.get_mut(&label_values) {
             Some(v) => v,
-            None if len >= MAX_SERIES_PER_METRIC => {
+            None if len >= cap => {
                 return Err(format!(
-                    "metric `{}` reached its cap of {MAX_SERIES_PER_METRIC} label sets",
+                    "metric `{}` reached its cap of {cap} label sets (max_metric_series)",
                     fam.name
                 ));
             }
@@ -684,6 +695,19 @@ mod tests {
         }
         assert!(f.record(id, vec!["one more".into()], 1.0).is_err());
         f.record(id, vec!["0".into()], 5.0).unwrap();
+    }
+
+    #[test]
+    fn the_series_cap_is_configurable() {
+        let m = Metrics::default();
+        let f = m.filter("x");
+        f.set_max_series(2);
+        let id = f.define(Kind::Counter, "c", "", &["k".into()]).unwrap();
+        f.record(id, vec!["a".into()], 1.0).unwrap();
+        f.record(id, vec!["b".into()], 1.0).unwrap();
+        let err = f.record(id, vec!["c".into()], 1.0).unwrap_err();
+        assert!(err.contains("cap of 2"), "{err}");
+        f.record(id, vec!["a".into()], 1.0).unwrap();
     }
 
     #[test]

@@ -139,7 +139,11 @@ impl FilterModule {
             pre,
             engine: engine.engine.clone(),
             env: env.clone(),
-            metrics: env.metrics.filter(name),
+            metrics: {
+                let m = env.metrics.filter(name);
+                m.set_max_series(spec.max_metric_series);
+                m
+            },
             idle: Mutex::new(Vec::new()),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -262,7 +266,7 @@ impl FilterModule {
         // One call in TIMING_SAMPLE is timed: two clock reads are a fifth of
         // an empty hook's cost, and a sample gives the same distribution.
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let started = (n % TIMING_SAMPLE == 0).then(std::time::Instant::now);
+        let started = n.is_multiple_of(TIMING_SAMPLE).then(std::time::Instant::now);
         let mut slot = match self.checkout() {
             Ok(s) => s,
             Err(e) => {
