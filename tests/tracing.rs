@@ -64,17 +64,24 @@ async fn spans_of(collector: &OtlpCollector, trace: &str, n: usize) -> Vec<Recei
     spans
 }
 
+/// A receiver, upstream `a` and a Spindle running [`config`] with `[telemetry]`
+/// exporting to the receiver plus `extra` lines.
+async fn traced(extra: &str) -> (OtlpCollector, Upstream, Spindle) {
+    let collector = OtlpCollector::start().await;
+    let a = Upstream::start("a").await;
+    let wd = Workdir::new(&[&a]);
+    let telemetry = format!(
+        "otlp_endpoint = \"{}\"\nbatch_delay_ms = 20\n{extra}",
+        collector.endpoint()
+    );
+    let sp = Spindle::start_in(wd, &config(&telemetry)).await;
+    (collector, a, sp)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_follow_the_request_and_its_retries_over_otlp_http() {
     bounded(Duration::from_secs(90), async {
-        let collector = OtlpCollector::start().await;
-        let a = Upstream::start("a").await;
-        let wd = Workdir::new(&[&a]);
-        let telemetry = format!(
-            "otlp_endpoint = \"{}\"\nservice_name = \"edge-proxy\"\nbatch_delay_ms = 20\n",
-            collector.endpoint()
-        );
-        let sp = Spindle::start_in(wd, &config(&telemetry)).await;
+        let (collector, a, sp) = traced("service_name = \"edge-proxy\"\n").await;
         let client = Client::new();
 
         // The first attempt gets a 503, the retry a 200.
@@ -245,14 +252,7 @@ async fn spans_follow_the_request_and_its_retries_over_otlp_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp_grpc() {
     bounded(Duration::from_secs(90), async {
-        let collector = OtlpCollector::start().await;
-        let a = Upstream::start("a").await;
-        let wd = Workdir::new(&[&a]);
-        let telemetry = format!(
-            "otlp_endpoint = \"{}\"\notlp_protocol = \"grpc\"\nbatch_delay_ms = 20\n",
-            collector.endpoint()
-        );
-        let sp = Spindle::start_in(wd, &config(&telemetry)).await;
+        let (collector, _a, sp) = traced("otlp_protocol = \"grpc\"\n").await;
         let resp = Client::new()
             .get(
                 &format!("{}/", sp.url("edge")),
@@ -287,14 +287,7 @@ async fn spans_are_exported_over_otlp_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_follows_the_ratio_and_the_callers_decision() {
     bounded(Duration::from_secs(90), async {
-        let collector = OtlpCollector::start().await;
-        let a = Upstream::start("a").await;
-        let wd = Workdir::new(&[&a]);
-        let telemetry = format!(
-            "otlp_endpoint = \"{}\"\nsampling_ratio = 0.0\nbatch_delay_ms = 20\n",
-            collector.endpoint()
-        );
-        let sp = Spindle::start_in(wd, &config(&telemetry)).await;
+        let (collector, a, sp) = traced("sampling_ratio = 0.0\n").await;
         let client = Client::new();
         // A new trace at ratio 0: not sampled, but still propagated.
         let resp = client

@@ -188,19 +188,29 @@ impl Run<'_> {
         None
     }
 
-    async fn upstream_phase(&mut self, body: Incoming) -> Outcome {
+    /// The cluster the request phase chose: 404 when none was, 503 when it
+    /// names no cluster.
+    fn chosen_cluster(&mut self) -> Result<(String, Arc<Cluster>), Box<Outcome>> {
         let Some(cluster_name) = self.ctx().cluster.clone() else {
             let path = self.ctx().head.uri.path().to_string();
-            return Outcome::Local(local(
+            return Err(Box::new(Outcome::Local(local(
                 StatusCode::NOT_FOUND,
                 &format!("no route for {path}\n"),
-            ));
+            ))));
         };
-        let Some(cluster) = self.proxy.upstreams.cluster(&cluster_name) else {
-            return Outcome::Local(local(
+        match self.proxy.upstreams.cluster(&cluster_name) {
+            Some(cluster) => Ok((cluster_name, cluster)),
+            None => Err(Box::new(Outcome::Local(local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("cluster `{cluster_name}` is not defined\n"),
-            ));
+            )))),
+        }
+    }
+
+    async fn upstream_phase(&mut self, body: Incoming) -> Outcome {
+        let (cluster_name, cluster) = match self.chosen_cluster() {
+            Ok(c) => c,
+            Err(outcome) => return *outcome,
         };
         let limit = self.chain.retry_buffer_bytes;
         let mut body = match buffer(body, limit).await {

@@ -71,18 +71,9 @@ pub async fn handle_without_io(
 impl Run<'_> {
     /// `upstream_phase` for one attempt whose endpoint answers `upstream`.
     fn first_attempt_without_io(&mut self, upstream: Response<()>) -> Outcome {
-        let Some(cluster_name) = self.ctx().cluster.clone() else {
-            let path = self.ctx().head.uri.path().to_string();
-            return Outcome::Local(local(
-                StatusCode::NOT_FOUND,
-                &format!("no route for {path}\n"),
-            ));
-        };
-        let Some(cluster) = self.proxy.upstreams.cluster(&cluster_name) else {
-            return Outcome::Local(local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("cluster `{cluster_name}` is not defined\n"),
-            ));
+        let (cluster_name, cluster) = match self.chosen_cluster() {
+            Ok(c) => c,
+            Err(outcome) => return *outcome,
         };
         self.attempts += 1;
         let attempt = self.attempts;

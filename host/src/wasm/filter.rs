@@ -266,7 +266,9 @@ impl FilterModule {
         // One call in TIMING_SAMPLE is timed: two clock reads are a fifth of
         // an empty hook's cost, and a sample gives the same distribution.
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let started = n.is_multiple_of(TIMING_SAMPLE).then(std::time::Instant::now);
+        let started = n
+            .is_multiple_of(TIMING_SAMPLE)
+            .then(std::time::Instant::now);
         let mut slot = match self.checkout() {
             Ok(s) => s,
             Err(e) => {
