@@ -207,6 +207,38 @@ impl Run<'_> {
         }
     }
 
+    /// Counts a new attempt, starts its span and picks its endpoint: 503
+    /// when the cluster has none left.
+    fn begin_attempt(
+        &mut self,
+        cluster: &Cluster,
+        previous: Option<u32>,
+    ) -> Result<(u32, Arc<Endpoint>), Box<Outcome>> {
+        self.attempts += 1;
+        let attempt = self.attempts;
+        if let Some(t) = self.proxy.tracing.get() {
+            let ctx = self.ctx();
+            if let Some(trace) = ctx.trace.as_mut() {
+                t.start_attempt(trace, &ctx.head.method, attempt);
+            }
+        }
+        let endpoint = match self.pick(cluster, attempt, previous) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                return Err(Box::new(Outcome::Local(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("no healthy endpoint in cluster `{}`\n", cluster.name),
+                ))));
+            }
+            Err(r) => return Err(Box::new(Outcome::Local(*r))),
+        };
+        self.endpoint = Some(endpoint.clone());
+        if let Some(trace) = self.ctx().trace.as_mut() {
+            trace::attempt_endpoint(trace, &cluster.name, &endpoint);
+        }
+        Ok((attempt, endpoint))
+    }
+
     async fn upstream_phase(&mut self, body: Incoming) -> Outcome {
         let (cluster_name, cluster) = match self.chosen_cluster() {
             Ok(c) => c,
@@ -225,28 +257,10 @@ impl Run<'_> {
         let settings = cluster.settings.load_full();
         let mut previous = None;
         loop {
-            self.attempts += 1;
-            let attempt = self.attempts;
-            if let Some(t) = self.proxy.tracing.get() {
-                let ctx = self.ctx();
-                if let Some(trace) = ctx.trace.as_mut() {
-                    t.start_attempt(trace, &ctx.head.method, attempt);
-                }
-            }
-            let endpoint = match self.pick(&cluster, attempt, previous) {
-                Ok(Some(e)) => e,
-                Ok(None) => {
-                    return Outcome::Local(local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("no healthy endpoint in cluster `{cluster_name}`\n"),
-                    ));
-                }
-                Err(r) => return Outcome::Local(*r),
+            let (attempt, endpoint) = match self.begin_attempt(&cluster, previous) {
+                Ok(a) => a,
+                Err(outcome) => return *outcome,
             };
-            self.endpoint = Some(endpoint.clone());
-            if let Some(trace) = self.ctx().trace.as_mut() {
-                trace::attempt_endpoint(trace, &cluster.name, &endpoint);
-            }
             let replayable = matches!(body, ReqBody::Replayable(_));
             let Some(up_body) = body.take() else {
                 // A streamed body was already sent once: nothing to send again.

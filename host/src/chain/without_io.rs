@@ -75,19 +75,10 @@ impl Run<'_> {
             Ok(c) => c,
             Err(outcome) => return *outcome,
         };
-        self.attempts += 1;
-        let attempt = self.attempts;
-        let endpoint = match self.pick(&cluster, attempt, None) {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                return Outcome::Local(local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("no healthy endpoint in cluster `{cluster_name}`\n"),
-                ));
-            }
-            Err(r) => return Outcome::Local(*r),
+        let (attempt, endpoint) = match self.begin_attempt(&cluster, None) {
+            Ok(a) => a,
+            Err(outcome) => return *outcome,
         };
-        self.endpoint = Some(endpoint.clone());
         // Built as for a real attempt, then dropped instead of sent.
         let sent_req = self.upstream_request(&endpoint, UpBody::full(Bytes::new()));
         let sent = Instant::now();
