@@ -18,6 +18,29 @@ async fn max_pending_answers_503_under_a_burst() {
             + &cluster("api", &["a"]);
         let sp = Spindle::start(&config, &[&a]).await;
 
+        // The breaker declared its threshold: below it, the host does not call its on_request.
+        let filters = sp.admin_get("/filters").await.expect("GET /filters");
+        let filters: serde_json::Value = serde_json::from_str(&filters.body).unwrap();
+        let breaker = filters["filters"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == "breaker"))
+            .expect("breaker in /filters");
+        assert_eq!(breaker["request_min_in_flight"], 2, "{breaker}");
+        let client = Client::new();
+        let resp = client.get(&format!("{}/one", sp.url("edge")), &[]).await;
+        assert_eq!(resp.unwrap().status, 200);
+        let request_calls = || {
+            sp.metric_or_zero(
+                "spindle_filter_calls_total",
+                &[("filter", "breaker"), ("hook", "request")],
+            )
+        };
+        assert_eq!(
+            request_calls().await,
+            0.0,
+            "one request alone is below max_pending"
+        );
+
         let mut load = Load::new(format!("{}/x", sp.url("edge")), 16, 48);
         load.tally_header = Some("x-spindle-breaker".into());
         let report = load.run().await;
@@ -27,7 +50,9 @@ async fn max_pending_answers_503_under_a_burst() {
         assert!(report.status(503) >= 24, "{report:?}");
         assert_eq!(report.tally.get("open").copied(), Some(report.status(503)));
         assert_eq!(report.status(200) + report.status(503), 48);
-        assert_eq!(a.count() as usize, report.status(200));
+        assert_eq!(a.count() as usize, report.status(200) + 1);
+        // Every refusal was the filter's own decision, in a hook call the host made.
+        assert!(request_calls().await >= report.status(503) as f64);
         let rejected = sp
             .metric_or_zero(
                 "spindle_filter_breaker_rejected_total",

@@ -284,7 +284,7 @@ fn hooks(c: &mut Criterion, fx: &Fixture) {
         b.iter(|| black_box(probe.on_request(&mut ctx).expect("hook call")))
     });
 
-    for name in ["router", "retry", "breaker"] {
+    for name in ["router", "breaker"] {
         let filter = fx.filter(name);
         g.bench_function(format!("{name}/on_request"), |b| {
             b.iter(|| {

@@ -56,11 +56,15 @@ fn hooks_to_wit(hooks: Hooks) -> wt::Hooks {
 }
 
 impl<F: Filter> Guest for Adapter<F> {
-    fn init(config: String) -> Result<wt::Hooks, String> {
+    fn init(config: String) -> Result<wt::Declaration, String> {
         let filter = runtime::init::<F>(&config).map_err(|e| e.to_string())?;
-        let hooks = runtime::hooks(&filter);
+        let declaration = wt::Declaration {
+            hooks: hooks_to_wit(runtime::hooks(&filter)),
+            per_try_timeout_ms: filter.per_try_timeout().map(millis_u32),
+            request_min_in_flight: runtime::request_min_in_flight(&filter),
+        };
         INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
-        Ok(hooks_to_wit(hooks))
+        Ok(declaration)
     }
 
     fn on_request() -> wt::RequestAction {

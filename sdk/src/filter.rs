@@ -40,6 +40,23 @@ pub trait Filter: Sized + 'static {
         Self::HOOKS
     }
 
+    /// A per-try timeout the host applies to every request that passes this filter, without a
+    /// hook call (a request's own [`Request::set_per_try_timeout`] wins; among filters, the last
+    /// in chain order that declares one). Declared once, at init; `None` by default.
+    fn per_try_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Asks the host to call [`on_request`](Filter::on_request) only when the request's chosen
+    /// cluster has at least this many attempts in flight (as
+    /// [`endpoints::cluster_stats`](crate::endpoints::cluster_stats) counts them), and to skip it
+    /// when no cluster is chosen yet. For admission control whose `on_request` can only refuse
+    /// under load: the common request then costs no hook call. `None` (the default): always
+    /// called. Declared once, at init.
+    fn request_min_in_flight(&self) -> Option<u32> {
+        None
+    }
+
     /// Request phase, in chain order: read and change the request, choose the cluster, or answer
     /// locally with [`Action::Respond`] (which stops the chain), or wait with [`Action::Delay`]
     /// (the host sleeps, then runs the next filter).

@@ -23,6 +23,14 @@ pub(crate) fn hooks<F: Filter>(filter: &F) -> Hooks {
     filter.hooks().intersection(F::HOOKS)
 }
 
+/// The in-flight threshold below which the host skips `on_request`: only meaningful when the
+/// filter has that hook.
+pub(crate) fn request_min_in_flight<F: Filter>(filter: &F) -> Option<u32> {
+    filter
+        .request_min_in_flight()
+        .filter(|_| hooks(filter).contains(Hooks::REQUEST))
+}
+
 pub(crate) fn on_request<F: Filter>(filter: &mut F) -> Action {
     filter.on_request(&mut Request::current())
 }

@@ -393,6 +393,11 @@ impl Filter for Breaker {
         }
     }
 
+    /// The host calls `on_request` only once the cluster has `max_pending` in flight.
+    fn request_min_in_flight(&self) -> Option<u32> {
+        (self.config.max_pending > 0).then_some(self.config.max_pending)
+    }
+
     fn on_request(&mut self, req: &mut Request) -> Action {
         if self.config.max_pending == 0 {
             return Action::Continue;

@@ -34,10 +34,9 @@ fn hooks() {
         Hooks::REQUEST.union(Hooks::ATTEMPT)
     );
     let host = MockHost::new();
-    assert_eq!(
-        load(&host, json!({"max_pending": 0})).hooks(),
-        Hooks::ATTEMPT
-    );
+    let unlimited = load(&host, json!({"max_pending": 0}));
+    assert_eq!(unlimited.hooks(), Hooks::ATTEMPT);
+    assert_eq!(unlimited.request_min_in_flight(), None);
 }
 
 #[test]
@@ -156,6 +155,8 @@ fn too_many_pending_is_a_503() {
     let host = MockHost::new();
     let eps = cluster(&host, 2);
     let mut b = load(&host, json!({"max_pending": 10}));
+    // The host calls on_request only from 10 in flight on.
+    assert_eq!(b.request_min_in_flight(), Some(10));
     host.set_in_flight(eps[0], 4);
     host.set_in_flight(eps[1], 5);
     host.start_request(TestRequest::get("/").cluster("api"));

@@ -395,18 +395,20 @@ impl Filter for Retry {
     }
 
     fn hooks(&self) -> Hooks {
-        // `on_request` only sets the per-try timeout and the attempt header: skip it otherwise.
-        if self.per_try_timeout.is_some() || self.attempt_header {
+        // `on_request` only sets the attempt header: skip it otherwise.
+        if self.attempt_header {
             Hooks::REQUEST.union(Hooks::ATTEMPT)
         } else {
             Hooks::ATTEMPT
         }
     }
 
+    /// The host applies it to every request without calling the filter.
+    fn per_try_timeout(&self) -> Option<Duration> {
+        self.per_try_timeout
+    }
+
     fn on_request(&mut self, req: &mut Request) -> Action {
-        if let Some(timeout) = self.per_try_timeout {
-            req.set_per_try_timeout(timeout);
-        }
         if self.attempt_header {
             req.set_header(ATTEMPT_HEADER, "1");
         }

@@ -23,24 +23,30 @@ fn retries(action: AttemptAction) -> bool {
 }
 
 #[test]
-fn hooks_depend_on_the_per_try_timeout() {
+fn hooks_depend_on_the_attempt_header() {
     assert_eq!(
         <Retry as Filter>::HOOKS,
         Hooks::REQUEST.union(Hooks::ATTEMPT)
     );
     let host = MockHost::new();
     assert_eq!(load(&host, json!({})).hooks(), Hooks::ATTEMPT);
+    // A per-try timeout is declared, not set by a hook.
     let with_timeout = load(&host, json!({"per_try_timeout_ms": 1500}));
-    assert_eq!(with_timeout.hooks(), Hooks::REQUEST.union(Hooks::ATTEMPT));
+    assert_eq!(with_timeout.hooks(), Hooks::ATTEMPT);
+    let with_header = load(&host, json!({"attempt_header": true}));
+    assert_eq!(with_header.hooks(), Hooks::REQUEST.union(Hooks::ATTEMPT));
 }
 
 #[test]
-fn sets_the_per_try_timeout() {
+fn declares_the_per_try_timeout() {
     let host = MockHost::new();
+    assert_eq!(load(&host, json!({})).per_try_timeout(), None);
     let mut r = load(&host, json!({"per_try_timeout_ms": 1500}));
+    assert_eq!(r.per_try_timeout(), Some(Duration::from_millis(1500)));
+    // No hook call sets it per request.
     host.start_request(TestRequest::get("/"));
     assert_eq!(r.on_request(), Action::Continue);
-    assert_eq!(host.per_try_timeout(), Some(Duration::from_millis(1500)));
+    assert_eq!(host.per_try_timeout(), None);
 }
 
 #[test]

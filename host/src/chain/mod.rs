@@ -27,7 +27,8 @@ use crate::telemetry::access::{AccessEntry, AccessLog};
 use crate::telemetry::trace;
 use crate::upstream::{AttemptResult, Cluster, DownBody, Endpoint, InFlight, UpBody};
 use crate::wasm::{
-    AttemptAction, AttemptError, AttemptOutcome, FilterError, Hooks, RequestAction, RequestSummary,
+    AttemptAction, AttemptError, AttemptOutcome, FilterError, FilterModule, Hooks, RequestAction,
+    RequestSummary,
 };
 
 /// The listener a request came in on: its name and its access log.
@@ -167,6 +168,9 @@ impl Run<'_> {
 
     async fn request_phase(&mut self) -> Option<Response<DownBody>> {
         for f in self.chain.filters.iter().filter(|f| f.has(Hooks::REQUEST)) {
+            if !self.admits(f) {
+                continue;
+            }
             match f.on_request(self.ctx) {
                 Ok(RequestAction::Continue) => {}
                 Ok(RequestAction::Respond(reply)) => return Some(local::from_reply(reply)),
@@ -186,6 +190,35 @@ impl Run<'_> {
             }
         }
         None
+    }
+
+    /// Whether `f`'s `on-request` runs for this request: always, unless it declared
+    /// `request-min-in-flight` and the chosen cluster (if any) has fewer attempts in flight.
+    fn admits(&mut self, f: &FilterModule) -> bool {
+        let Some(min) = f.request_min_in_flight else {
+            return true;
+        };
+        let upstreams = &self.proxy.upstreams;
+        self.ctx()
+            .cluster
+            .as_deref()
+            .and_then(|name| upstreams.cluster(name))
+            .is_some_and(|c| c.in_flight() >= min)
+    }
+
+    /// The per-try timeout of this request: its own (set by a filter), else the one the last
+    /// filter of the chain declared, else the cluster's.
+    fn per_try_timeout(&mut self, cluster_timeout_ms: u64) -> Duration {
+        let declared = self
+            .chain
+            .filters
+            .iter()
+            .rev()
+            .find_map(|f| f.per_try_timeout);
+        self.ctx()
+            .per_try_timeout
+            .or(declared)
+            .unwrap_or(Duration::from_millis(cluster_timeout_ms))
     }
 
     /// The cluster the request phase chose: 404 when none was, 503 when it
@@ -270,10 +303,7 @@ impl Run<'_> {
                 ));
             };
             let req = self.upstream_request(&endpoint, up_body);
-            let per_try = self
-                .ctx()
-                .per_try_timeout
-                .unwrap_or(Duration::from_millis(settings.timeout_ms));
+            let per_try = self.per_try_timeout(settings.timeout_ms);
             let client = cluster.client();
             let sent = Instant::now();
             let result = {

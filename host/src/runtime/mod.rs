@@ -392,6 +392,8 @@ fn version_json(f: &FilterModule) -> serde_json::Value {
         "sha256": f.sha256,
         "loaded_at_unix_ms": loaded,
         "hooks": hook_names(f.hooks),
+        "per_try_timeout_ms": f.per_try_timeout.map(|d| d.as_millis() as u64),
+        "request_min_in_flight": f.request_min_in_flight,
         "fail": f.spec.fail,
         "instances": f.instances.load(Ordering::Relaxed),
         "idle_instances": f.idle_instances(),

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
@@ -18,7 +18,7 @@ use super::bindings::exports::spindle::filter::filter::{
     AttemptAction, AttemptOutcome, Endpoint as WitEndpoint, PickContext, RequestAction,
     RequestSummary,
 };
-use super::bindings::spindle::filter::types::Hooks;
+use super::bindings::spindle::filter::types::{Declaration, Hooks};
 use super::bindings::{SpindleFilter, SpindleFilterPre};
 use super::engine::WasmEngine;
 use super::host::{DeadlineWatch, HostEnv, HostState};
@@ -87,6 +87,11 @@ pub struct FilterModule {
     pub loaded_at: SystemTime,
     pub spec: FilterConfig,
     pub hooks: Hooks,
+    /// The per-try timeout it declared at init: applied to every request that passes it.
+    pub per_try_timeout: Option<Duration>,
+    /// It declared that `on-request` need only run from this many attempts in flight on the
+    /// request's cluster.
+    pub request_min_in_flight: Option<u32>,
     config_json: String,
     pre: SpindleFilterPre<HostState>,
     engine: wasmtime::Engine,
@@ -135,6 +140,8 @@ impl FilterModule {
             loaded_at: SystemTime::now(),
             spec: spec.clone(),
             hooks: Hooks::empty(),
+            per_try_timeout: None,
+            request_min_in_flight: None,
             config_json: config_json.to_string(),
             pre,
             engine: engine.engine.clone(),
@@ -149,11 +156,18 @@ impl FilterModule {
             errors: AtomicU64::new(0),
             instances: AtomicUsize::new(0),
         };
-        let (slot, hooks) = module.instantiate().map_err(|e| match e {
+        let (slot, declared) = module.instantiate().map_err(|e| match e {
             InstantiateError::Config(message) => LoadError::Config { message },
             InstantiateError::Failed(message) => LoadError::Instantiate { path, message },
         })?;
-        module.hooks = hooks;
+        module.hooks = declared.hooks;
+        module.per_try_timeout = declared
+            .per_try_timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms.max(1))));
+        // Only meaningful for a filter that has the hook.
+        module.request_min_in_flight = declared
+            .request_min_in_flight
+            .filter(|_| declared.hooks.contains(Hooks::REQUEST));
         lock(&module.idle).push(slot);
         Ok(Arc::new(module))
     }
@@ -170,7 +184,7 @@ impl FilterModule {
         lock(&self.idle).len()
     }
 
-    fn instantiate(&self) -> Result<(Slot, Hooks), InstantiateError> {
+    fn instantiate(&self) -> Result<(Slot, Declaration), InstantiateError> {
         let state = HostState {
             filter: self.name.clone(),
             env: self.env.clone(),
@@ -192,7 +206,7 @@ impl FilterModule {
             .instantiate(&mut store)
             .map_err(|e| InstantiateError::Failed(format!("{e:#}")))?;
         store.set_epoch_deadline(self.spec.call_timeout_ms.max(1) * 10);
-        let hooks = bindings
+        let declared = bindings
             .spindle_filter_filter()
             .call_init(&mut store, &self.config_json)
             .map_err(|e| InstantiateError::Failed(format!("init: {e:#}")))?
@@ -204,7 +218,7 @@ impl FilterModule {
                 bindings,
                 views: Vec::new(),
             },
-            hooks,
+            declared,
         ))
     }
 

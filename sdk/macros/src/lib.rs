@@ -6,10 +6,12 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{ImplItem, ItemImpl, parse_macro_input};
 
-/// The hook methods of `Filter` and the `Hooks` constant each one declares.
+/// The methods of `Filter` and the `Hooks` constant each hook declares (none for the others).
 const HOOKS: &[(&str, Option<&str>)] = &[
     ("new", None),
     ("hooks", None),
+    ("per_try_timeout", None),
+    ("request_min_in_flight", None),
     ("on_request", Some("REQUEST")),
     ("endpoints_changed", Some("PICK")),
     ("pick_endpoint", Some("PICK")),
@@ -86,7 +88,7 @@ fn expand(item: syn::Item) -> syn::Result<TokenStream2> {
                     return Err(syn::Error::new(
                         f.sig.ident.span(),
                         format!(
-                            "`{name}` is not a hook of `Filter`; the hooks are: {}. \
+                            "`{name}` is not a method of `Filter`; its methods are: {}. \
                              Put helper methods in a separate `impl` block",
                             known.join(", ")
                         ),

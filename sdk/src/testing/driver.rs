@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::state::with;
+use super::sys;
 use crate::filter::{Filter, Hooks};
 use crate::runtime;
 use crate::types::{Action, AttemptAction, AttemptOutcome, Endpoint, PickContext, RequestSummary};
@@ -63,10 +64,30 @@ impl<F: Filter> TestFilter<F> {
         &self.filter
     }
 
-    /// Runs `on_request` on the current request.
+    /// The per-try timeout this instance declared at init
+    /// ([`Filter::per_try_timeout`]): what the host applies to requests that set none.
+    pub fn per_try_timeout(&self) -> Option<std::time::Duration> {
+        self.filter.per_try_timeout()
+    }
+
+    /// The in-flight threshold this instance declared at init
+    /// ([`Filter::request_min_in_flight`]), when it has an `on_request` hook.
+    pub fn request_min_in_flight(&self) -> Option<u32> {
+        runtime::request_min_in_flight(&self.filter)
+    }
+
+    /// Runs `on_request` on the current request, as the host would: not at all when the filter
+    /// has no such hook, or when it declared [`Filter::request_min_in_flight`] and the request's
+    /// cluster (none chosen, unknown, or below the threshold) does not reach it.
     pub fn on_request(&mut self) -> Action {
         if !self.hooks.contains(Hooks::REQUEST) {
             return Action::Continue;
+        }
+        if let Some(min) = self.request_min_in_flight() {
+            let in_flight = sys::cluster().and_then(|c| sys::cluster_stats(&c));
+            if in_flight.is_none_or(|stats| stats.in_flight < min) {
+                return Action::Continue;
+            }
         }
         in_filter::<F, _>(|| runtime::on_request(&mut self.filter))
     }
