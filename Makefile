@@ -12,7 +12,7 @@ FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
-.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro
+.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro bench-icount
 
 all: build
 
@@ -66,12 +66,13 @@ unit: filters test-deps
 test: fmt-check clippy unit
 
 # Benchmark tools from Debian: wrk drives the load, nginx and haproxy are the proxies Spindle is
-# compared with, python3 holds the idle connections. Installing a Debian package of a server
-# starts its system service where systemd runs; the benchmark starts its own processes on
-# loopback ports, so the services this installs are stopped and disabled again.
+# compared with, python3 holds the idle connections, valgrind counts instructions. Installing a
+# Debian package of a server starts its system service where systemd runs; the benchmark starts
+# its own processes on loopback ports, so the services this installs are stopped and disabled
+# again.
 bench-deps:
 	@missing=""; \
-	for tool in wrk nginx haproxy python3; do \
+	for tool in wrk nginx haproxy python3 valgrind; do \
 		command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -90,6 +91,11 @@ bench-deps:
 # Not part of `make test`.
 bench-load: build bench-deps
 	bash bench/load.sh
+
+# Instructions per proxied request for the 2- and 4-filter chains, under callgrind
+# (bench/icount.sh, about 4 minutes): repeatable where times on a shared machine are not.
+bench-icount: build bench-deps
+	bash bench/icount.sh
 
 # Criterion micro-benchmarks of the real hook calls, the four-filter chain, the
 # instance pool and the shared store (host/benches/micro.rs, about 2 minutes;

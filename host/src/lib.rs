@@ -28,3 +28,7 @@ pub mod runtime;
 pub mod telemetry;
 pub mod upstream;
 pub mod wasm;
+
+/// A `HashMap` with foldhash, randomly seeded per process: the host's maps on the request path
+/// (shared store, clusters, chains, metric series) hash a key or two per hook call.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

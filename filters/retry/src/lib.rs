@@ -39,8 +39,12 @@
 //! retries are counted per cluster in one-second buckets of the host's shared store
 //! (`spindle.retry.<cluster>.{requests,retries}.<second>`), so every instance shares one budget.
 //! A retry first takes its slot (an atomic add) and gives it back if the budget is exceeded, so
-//! concurrent instances cannot overdraw it together. A retry refused for want of budget is
-//! counted in `spindle_filter_<name>_budget_exhausted_total{cluster}` and the outcome is kept.
+//! concurrent instances cannot overdraw it together. Requests are added to the store in batches
+//! of 16 per instance (one store call per 16 requests); a retry first adds its instance's batch
+//! so far, so at most 15 requests per other instance can be missing from the count (making the
+//! budget slightly stricter while a cluster's traffic starts). A retry refused for want of
+//! budget is counted in `spindle_filter_<name>_budget_exhausted_total{cluster}` and the outcome
+//! is kept.
 //!
 //! # Attempt header
 //!
@@ -194,7 +198,7 @@ pub struct Config {
 }
 
 /// A retry budget: the share of requests that may be retried, over a sliding window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Budget {
     /// Retries per request, 0.0 to 1.0.
     ratio: f64,
@@ -202,7 +206,13 @@ struct Budget {
     min_retries: f64,
     /// The window in one-second buckets.
     buckets: u64,
+    /// Requests this instance counted but has not yet added to the store, by cluster.
+    unsent: Vec<(String, i64)>,
 }
+
+/// Requests an instance counts before it adds them to the shared store: one store call per
+/// this many requests instead of one per request.
+const REQUEST_BATCH: i64 = 16;
 
 /// The TTL of a budget bucket: the window plus one bucket, so that a full window is readable.
 fn bucket_ttl(budget: &Budget) -> Duration {
@@ -218,10 +228,30 @@ impl Budget {
         time::monotonic_ns() / 1_000_000_000
     }
 
-    /// Counts a request to `cluster` (its first attempt).
-    fn record_request(&self, cluster: &str) {
-        let key = bucket_key(cluster, "requests", Budget::second());
-        store::add(&key, 1, bucket_ttl(self));
+    /// Counts a request to `cluster` (its first attempt), in batches of [`REQUEST_BATCH`].
+    fn record_request(&mut self, cluster: &str) {
+        let i = match self.unsent.iter().position(|(c, _)| c == cluster) {
+            Some(i) => i,
+            None => {
+                self.unsent.push((cluster.to_owned(), 0));
+                self.unsent.len() - 1
+            }
+        };
+        self.unsent[i].1 += 1;
+        if self.unsent[i].1 >= REQUEST_BATCH {
+            self.send_requests(cluster);
+        }
+    }
+
+    /// Adds the requests counted for `cluster` to the store's current bucket.
+    fn send_requests(&mut self, cluster: &str) {
+        let Some((_, count)) = self.unsent.iter_mut().find(|(c, _)| c == cluster) else {
+            return;
+        };
+        if *count > 0 {
+            let key = bucket_key(cluster, "requests", Budget::second());
+            store::add(&key, std::mem::take(count), bucket_ttl(self));
+        }
     }
 
     /// The sum of a kind's buckets over the window.
@@ -233,7 +263,9 @@ impl Budget {
     }
 
     /// Takes one retry from the budget of `cluster`; false (and nothing taken) when it is spent.
-    fn withdraw(&self, cluster: &str) -> bool {
+    fn withdraw(&mut self, cluster: &str) -> bool {
+        // This instance's own requests count before it judges.
+        self.send_requests(cluster);
         let now = Budget::second();
         let key = bucket_key(cluster, "retries", now);
         // Take the slot first, then check: two instances racing for the last slot cannot both win.
@@ -362,6 +394,7 @@ impl Filter for Retry {
             ratio: percent / 100.0,
             min_retries: f64::from(config.budget_min_per_second) * buckets as f64,
             buckets,
+            unsent: Vec::new(),
         });
         let counter = |name: &str, help: &str, labels: &[&str]| {
             Counter::new(name, help, labels)
@@ -417,7 +450,7 @@ impl Filter for Retry {
 
     fn on_attempt(&mut self, outcome: &AttemptOutcome) -> AttemptAction {
         if outcome.attempt == 1
-            && let Some(budget) = &self.budget
+            && let Some(budget) = &mut self.budget
         {
             budget.record_request(&outcome.cluster);
         }
@@ -445,7 +478,7 @@ impl Filter for Retry {
                 return AttemptAction::Done;
             }
         };
-        if let Some(budget) = &self.budget
+        if let Some(budget) = &mut self.budget
             && !budget.withdraw(&outcome.cluster)
         {
             if let Some(exhausted) = &self.exhausted {

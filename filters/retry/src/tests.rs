@@ -296,17 +296,43 @@ fn budget_is_shared_by_instances_and_per_cluster() {
     let mut one = load(&host, config.clone());
     let mut two = load(&host, config);
     host.start_request(TestRequest::get("/"));
-    // 10 successful requests through instance one: one retry's worth.
-    for _ in 0..10 {
+    // 16 successful requests through instance one (a full batch, in the store now): 1.6 retries.
+    for _ in 0..16 {
         one.on_attempt(&status(1, 200));
     }
     assert!(retries(two.on_attempt(&status(1, 503))));
-    // That request counted too (11 requests, 1.1 retries): a second one is refused.
+    // That request counted too (17 requests, 1.7 retries; 18 with the next): a second one is
+    // refused.
     assert!(!retries(one.on_attempt(&status(1, 503))));
     // Another cluster has its own budget (empty here).
     let other = AttemptOutcome::response("web", 1, 1, 503);
     assert!(!retries(one.on_attempt(&other)));
     assert_eq!(host.counter("budget_exhausted_total", &["web"]), 1.0);
+}
+
+#[test]
+fn requests_reach_the_store_in_batches() {
+    let host = MockHost::new();
+    let mut r = load(&host, json!({"budget_percent": 10}));
+    host.start_request(TestRequest::get("/"));
+    let key = format!(
+        "spindle.retry.api.requests.{}",
+        host.monotonic_ns() / 1_000_000_000
+    );
+    for _ in 0..15 {
+        r.on_attempt(&status(1, 200));
+    }
+    assert_eq!(
+        host.store_counter(&key),
+        None,
+        "15 requests are still counted locally"
+    );
+    r.on_attempt(&status(1, 200));
+    assert_eq!(host.store_counter(&key), Some(16));
+    // Retries are not batched: a retry first adds this instance's requests, then judges.
+    r.on_attempt(&status(1, 200));
+    assert!(retries(r.on_attempt(&status(1, 503))));
+    assert_eq!(host.store_counter(&key), Some(18));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 pub use self::watch::watch;
+use crate::FastMap;
 use crate::config::Config;
 use crate::telemetry::{ListenerStats, Metrics};
 use crate::upstream::Upstreams;
@@ -35,7 +36,7 @@ pub struct Chain {
 pub struct Runtime {
     pub config: Arc<Config>,
     pub filters: BTreeMap<String, Arc<FilterModule>>,
-    pub chains: HashMap<String, Arc<Chain>>,
+    pub chains: FastMap<String, Arc<Chain>>,
 }
 
 /// Everything that lives as long as the process.
@@ -250,7 +251,7 @@ fn build(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let mut chains = HashMap::new();
+    let mut chains = FastMap::default();
     for l in &config.listeners {
         let list: Vec<Arc<FilterModule>> = l
             .filters

@@ -7,10 +7,12 @@
 //! (reloads, filter errors) and filter-defined series live in maps behind a
 //! mutex.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::FastMap;
 
 /// Latency buckets in seconds, shared by every duration histogram.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -385,7 +387,7 @@ pub struct Family {
     help: String,
     kind: Kind,
     labels: Vec<String>,
-    series: Mutex<HashMap<Vec<String>, Value>>,
+    series: Mutex<FastMap<Vec<String>, Value>>,
 }
 
 #[derive(Default)]
@@ -462,7 +464,7 @@ impl FilterMetrics {
             help: help.replace('\n', " "),
             kind,
             labels: labels.to_vec(),
-            series: Mutex::new(HashMap::new()),
+            series: Mutex::new(FastMap::default()),
         }));
         Ok((fams.len() - 1) as u32)
     }

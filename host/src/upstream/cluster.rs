@@ -4,7 +4,7 @@
 //! only when it changes: every change bumps the cluster's generation, and an
 //! instance whose view is older gets `endpoints-changed` before its next pick.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -250,8 +250,8 @@ impl Cluster {
 
 /// Every cluster and endpoint, with id lookup for the host API.
 pub struct Upstreams {
-    clusters: ArcSwap<HashMap<String, Arc<Cluster>>>,
-    by_id: RwLock<HashMap<u32, Arc<Endpoint>>>,
+    clusters: ArcSwap<FastMap<String, Arc<Cluster>>>,
+    by_id: RwLock<FastMap<u32, Arc<Endpoint>>>,
     next_id: AtomicU32,
     start: Instant,
 }
@@ -259,8 +259,8 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(start: Instant) -> Self {
         Self {
-            clusters: ArcSwap::from_pointee(HashMap::new()),
-            by_id: RwLock::new(HashMap::new()),
+            clusters: ArcSwap::from_pointee(FastMap::default()),
+            by_id: RwLock::new(FastMap::default()),
             next_id: AtomicU32::new(1),
             start,
         }
@@ -287,7 +287,7 @@ impl Upstreams {
     /// updated in place (members keep their stats), missing ones removed.
     pub fn apply(&self, configs: &[(String, ClusterConfig)]) {
         let old = self.clusters.load_full();
-        let mut next = HashMap::with_capacity(configs.len());
+        let mut next = FastMap::with_capacity_and_hasher(configs.len(), Default::default());
         for (name, cfg) in configs {
             let cluster = match old.get(name) {
                 Some(c) => {

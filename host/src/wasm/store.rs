@@ -5,8 +5,11 @@
 //! Sharded mutexes keep contention low; expiry is checked on access and swept
 //! in the background.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
+
+use crate::FastMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,15 +42,17 @@ pub enum StoreError {
 }
 
 pub struct SharedStore {
-    shards: Vec<Mutex<HashMap<String, Entry>>>,
+    shards: Vec<Mutex<FastMap<String, Entry>>>,
     hasher: RandomState,
 }
 
 impl Default for SharedStore {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
         }
     }
 }
@@ -57,7 +62,7 @@ fn expiry(now: Instant, ttl_ms: u64) -> Option<Instant> {
 }
 
 impl SharedStore {
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, FastMap<String, Entry>> {
         let i = (self.hasher.hash_one(key) as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }

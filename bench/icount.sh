@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Instructions Spindle executes per proxied request, counted by valgrind's callgrind: unlike
+# times on a shared machine, the count repeats to within about 1% from run to run, so it shows
+# what a change to the host or a filter costs. Kernel work (the loopback TCP stack) is not
+# counted: this is Spindle's own code, wasmtime and the filters, libc included.
+#
+# For each chain (router + balancer; router + balancer + retry + breaker, the configs of
+# bench/load.sh) Spindle runs under callgrind twice, serving LOW and then HIGH requests
+# (keep-alive GETs one at a time over 2 connections, after 50 warm-up requests); the
+# difference of the two totals divided by HIGH - LOW is the per-request count, free of
+# start-up and shutdown.
+#
+# Needs: target/release/{spindle,demo-upstream} and target/filters/*.wasm (`make build`),
+# valgrind and python3 (`make bench-deps`). About 4 minutes.
+#
+# Environment: LOW [1000], HIGH [3000], CHAINS ["2 4"]
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+SPINDLE_BIN="${SPINDLE_BIN:-$ROOT/target/release/spindle}"
+UPSTREAM_BIN="${UPSTREAM_BIN:-$ROOT/target/release/demo-upstream}"
+FILTERS="${FILTERS:-$ROOT/target/filters}"
+LOW="${LOW:-1000}"
+HIGH="${HIGH:-3000}"
+CHAINS="${CHAINS:-2 4}"
+
+die() {
+  echo "icount: $*" >&2
+  exit 1
+}
+command -v valgrind >/dev/null || die "needs valgrind (make bench-deps)"
+[ -x "$SPINDLE_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "run 'make build' first"
+[ "$HIGH" -gt "$LOW" ] || die "HIGH ($HIGH) must be more than LOW ($LOW)"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+ready() {
+  local admin=$1
+  for _ in $(seq 1 600); do
+    python3 - "$admin" <<'PY' 2>/dev/null && return 0
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/ready", timeout=1)
+PY
+    sleep 0.2
+  done
+  die "spindle did not become ready under valgrind"
+}
+
+UPSTREAM_PORT="$(free_port)"
+"$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench >"$WORK/upstream.log" 2>&1 &
+PIDS+=($!)
+
+config() {
+  local chain=$1 port=$2 admin=$3 filters='"router", "balancer"'
+  [ "$chain" = 4 ] && filters='"router", "balancer", "retry", "breaker"'
+  cat <<TOML
+[admin]
+listen = "127.0.0.1:$admin"
+[runtime]
+worker_threads = 1
+cache_dir = "$WORK/cache"
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:$port"
+filters = [$filters]
+[filter.router]
+module = "$FILTERS/router.wasm"
+config = { routes = [{ path_prefix = "/", cluster = "upstream" }] }
+[filter.balancer]
+module = "$FILTERS/balancer.wasm"
+config = { policy = "round_robin" }
+[filter.retry]
+module = "$FILTERS/retry.wasm"
+config = { attempts = 3, retry_on = ["5xx", "connect-failure", "reset", "timeout"], per_try_timeout_ms = 2000, budget_percent = 20 }
+[filter.breaker]
+module = "$FILTERS/breaker.wasm"
+config = { consecutive_failures = 5, base_ejection_ms = 30000, max_ejection_percent = 50, max_pending = 1024 }
+[cluster.upstream]
+endpoints = ["127.0.0.1:$UPSTREAM_PORT"]
+TOML
+}
+
+# Total instructions of one Spindle run serving N requests through CHAIN.
+run() {
+  local chain=$1 n=$2 port admin pid
+  port="$(free_port)"
+  admin="$(free_port)"
+  config "$chain" "$port" "$admin" >"$WORK/spindle.toml"
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+    "$SPINDLE_BIN" --log-level warn run --config "$WORK/spindle.toml" >"$WORK/spindle.log" 2>&1 &
+  pid=$!
+  ready "$admin"
+  python3 "$HERE/keepalive_get.py" "$port" 50 || die "warm-up failed"
+  python3 "$HERE/keepalive_get.py" "$port" "$n" || die "requests failed"
+  kill -TERM "$pid"
+  wait "$pid" || die "spindle exited with an error: $(tail -5 "$WORK/spindle.log")"
+  awk '/^(summary|totals):/ { print $2; exit }' "$WORK/cg.out"
+}
+
+echo "instructions per request (callgrind; $LOW and $HIGH requests, 1 worker thread)"
+# The first run compiles the filters into the cache: not counted.
+run 2 10 >/dev/null
+for chain in $CHAINS; do
+  low="$(run "$chain" "$LOW")"
+  high="$(run "$chain" "$HIGH")"
+  per=$(((high - low) / (HIGH - LOW)))
+  echo "chain of $chain filters: $per"
+done
