@@ -30,7 +30,8 @@ die() {
   exit 1
 }
 command -v valgrind >/dev/null || die "needs valgrind (make bench-deps)"
-[ -x "$SPINDLE_BIN" ] && [ -x "$UPSTREAM_BIN" ] || die "run 'make build' first"
+[ -x "$SPINDLE_BIN" ] || die "no spindle binary at $SPINDLE_BIN: run 'make build' first"
+[ -x "$UPSTREAM_BIN" ] || die "no demo-upstream binary at $UPSTREAM_BIN: run 'make build' first"
 [ "$HIGH" -gt "$LOW" ] || die "HIGH ($HIGH) must be more than LOW ($LOW)"
 
 WORK="$(mktemp -d)"
@@ -62,42 +63,17 @@ UPSTREAM_PORT="$(free_port)"
 "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
 
-config() {
-  local chain=$1 port=$2 admin=$3 filters='"router", "balancer"'
-  [ "$chain" = 4 ] && filters='"router", "balancer", "retry", "breaker"'
-  cat <<TOML
-[admin]
-listen = "127.0.0.1:$admin"
-[runtime]
-worker_threads = 1
-cache_dir = "$WORK/cache"
-[[listener]]
-name = "bench"
-listen = "127.0.0.1:$port"
-filters = [$filters]
-[filter.router]
-module = "$FILTERS/router.wasm"
-config = { routes = [{ path_prefix = "/", cluster = "upstream" }] }
-[filter.balancer]
-module = "$FILTERS/balancer.wasm"
-config = { policy = "round_robin" }
-[filter.retry]
-module = "$FILTERS/retry.wasm"
-config = { attempts = 3, retry_on = ["5xx", "connect-failure", "reset", "timeout"], per_try_timeout_ms = 2000, budget_percent = 20 }
-[filter.breaker]
-module = "$FILTERS/breaker.wasm"
-config = { consecutive_failures = 5, base_ejection_ms = 30000, max_ejection_percent = 50, max_pending = 1024 }
-[cluster.upstream]
-endpoints = ["127.0.0.1:$UPSTREAM_PORT"]
-TOML
-}
+# shellcheck source=spindle_config.sh
+source "$HERE/spindle_config.sh"
 
 # Total instructions of one Spindle run serving N requests through CHAIN.
 run() {
   local chain=$1 n=$2 port admin pid
   port="$(free_port)"
   admin="$(free_port)"
-  config "$chain" "$port" "$admin" >"$WORK/spindle.toml"
+  local filters=$TWO
+  [ "$chain" = 4 ] && filters=$FOUR
+  spindle_config "$WORK/spindle.toml" "$port" "$admin" "$filters" "$FILTERS/balancer.wasm"
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
     "$SPINDLE_BIN" --log-level warn run --config "$WORK/spindle.toml" >"$WORK/spindle.log" 2>&1 &
   pid=$!

@@ -206,45 +206,8 @@ field() {
 
 UPSTREAM_PORT="$(free_port)"
 
-spindle_config() {
-  local file=$1 port=$2 admin=$3 chain=$4 balancer=$5
-  cat >"$file" <<EOF
-# Written by bench/load.sh.
-[admin]
-listen = "127.0.0.1:$admin"
-
-[runtime]
-worker_threads = 1
-cache_dir = "$WORK/cache"
-
-[[listener]]
-name = "bench"
-listen = "127.0.0.1:$port"
-filters = [$chain]
-max_connections = 20000
-
-[filter.router]
-module = "$FILTERS/router.wasm"
-config = { routes = [{ path_prefix = "/", cluster = "upstream" }] }
-
-[filter.balancer]
-module = "$balancer"
-config = { policy = "round_robin" }
-
-[filter.retry]
-module = "$FILTERS/retry.wasm"
-config = { attempts = 3, retry_on = ["5xx", "connect-failure", "reset", "timeout"], per_try_timeout_ms = 2000, budget_percent = 20 }
-
-[filter.breaker]
-module = "$FILTERS/breaker.wasm"
-config = { consecutive_failures = 5, base_ejection_ms = 30000, max_ejection_percent = 50, max_pending = 1024 }
-
-[cluster.upstream]
-endpoints = ["127.0.0.1:$UPSTREAM_PORT"]
-connect_timeout_ms = 1000
-max_idle_per_endpoint = 256
-EOF
-}
+# shellcheck source=spindle_config.sh
+source "$HERE/spindle_config.sh"
 
 nginx_config() {
   local dir=$1 port=$2 user=""
@@ -307,8 +270,6 @@ backend upstream
 EOF
 }
 
-TWO='"router", "balancer"'
-FOUR='"router", "balancer", "retry", "breaker"'
 
 # Starts the proxy of a target; sets PROXY_PID, PROXY_PORT and (for Spindle) ADMIN_PORT.
 start_proxy() {

@@ -13,19 +13,6 @@ fn config() -> String {
         + &cluster("api", &["a"])
 }
 
-async fn filters_json(sp: &Spindle) -> serde_json::Value {
-    let resp = sp.admin_get("/filters").await.expect("GET /filters");
-    assert_eq!(resp.status, 200, "{resp:?}");
-    serde_json::from_str(&resp.body).expect("/filters is JSON")
-}
-
-fn router(json: &serde_json::Value) -> serde_json::Value {
-    json["filters"]
-        .as_array()
-        .and_then(|fs| fs.iter().find(|f| f["name"] == "router").cloned())
-        .expect("router in /filters")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_view_and_runtime_metrics() {
     bounded(Duration::from_secs(120), async {
@@ -42,7 +29,7 @@ async fn filters_view_and_runtime_metrics() {
             assert_eq!(resp.status, 200);
         }
 
-        let r = router(&filters_json(&sp).await);
+        let r = sp.filter_view("router").await;
         assert_eq!(r["sha256"].as_str().map(str::len), Some(64), "{r}");
         assert!(r["calls"].as_u64().unwrap_or(0) >= 5, "{r}");
         assert!(r["instances"].as_u64().unwrap_or(0) >= 1, "{r}");
@@ -87,7 +74,7 @@ async fn filters_view_and_runtime_metrics() {
         sp.write_file("router.wasm", b"not wasm at all");
         assert!(
             wait_until(Duration::from_secs(10), || async {
-                let r = router(&filters_json(&sp).await);
+                let r = sp.filter_view("router").await;
                 r["reloads"]
                     .as_array()
                     .is_some_and(|h| h.iter().any(|e| e["result"] == "error"))
@@ -95,7 +82,7 @@ async fn filters_view_and_runtime_metrics() {
             .await,
             "the refused module is in the reload history"
         );
-        let r = router(&filters_json(&sp).await);
+        let r = sp.filter_view("router").await;
         let last = r["reloads"]
             .as_array()
             .and_then(|h| h.last().cloned())

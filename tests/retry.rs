@@ -175,12 +175,7 @@ async fn per_try_timeouts_are_retried_or_give_504() {
         )
         .await;
         // The timeout is declared at init: the host applies it without an on_request call.
-        let filters = sp.admin_get("/filters").await.expect("GET /filters");
-        let filters: serde_json::Value = serde_json::from_str(&filters.body).unwrap();
-        let retry = filters["filters"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["name"] == "retry"))
-            .expect("retry in /filters");
+        let retry = sp.filter_view("retry").await;
         assert_eq!(retry["per_try_timeout_ms"], 300, "{retry}");
         assert_eq!(retry["hooks"], serde_json::json!(["attempt"]), "{retry}");
         let client = Client::new();

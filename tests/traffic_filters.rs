@@ -19,12 +19,7 @@ async fn max_pending_answers_503_under_a_burst() {
         let sp = Spindle::start(&config, &[&a]).await;
 
         // The breaker declared its threshold: below it, the host does not call its on_request.
-        let filters = sp.admin_get("/filters").await.expect("GET /filters");
-        let filters: serde_json::Value = serde_json::from_str(&filters.body).unwrap();
-        let breaker = filters["filters"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["name"] == "breaker"))
-            .expect("breaker in /filters");
+        let breaker = sp.filter_view("breaker").await;
         assert_eq!(breaker["request_min_in_flight"], 2, "{breaker}");
         let client = Client::new();
         let resp = client.get(&format!("{}/one", sp.url("edge")), &[]).await;

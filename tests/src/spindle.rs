@@ -320,6 +320,20 @@ impl Spindle {
             .await
     }
 
+    /// One filter's entry of `GET /filters`; panics if there is none.
+    pub async fn filter_view(&self, name: &str) -> serde_json::Value {
+        let resp = self
+            .admin_get("/filters")
+            .await
+            .unwrap_or_else(|e| panic!("GET /filters: {e}"));
+        assert_eq!(resp.status, 200, "GET /filters: {}", resp.body);
+        let all: serde_json::Value = serde_json::from_str(&resp.body).expect("/filters is JSON");
+        all["filters"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no filter `{name}` in /filters: {all}"))
+    }
+
     /// The `/metrics` text; panics if the admin listener does not answer 200.
     pub async fn metrics_text(&self) -> String {
         let resp = self
