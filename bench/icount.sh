@@ -17,10 +17,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
-SPINDLE_BIN="${SPINDLE_BIN:-$ROOT/target/release/spindle}"
-UPSTREAM_BIN="${UPSTREAM_BIN:-$ROOT/target/release/demo-upstream}"
-FILTERS="${FILTERS:-$ROOT/target/filters}"
+# shellcheck source=spindle_config.sh
+source "$HERE/spindle_config.sh"
 LOW="${LOW:-1000}"
 HIGH="${HIGH:-3000}"
 CHAINS="${CHAINS:-2 4}"
@@ -63,8 +61,6 @@ UPSTREAM_PORT="$(free_port)"
 "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
 
-# shellcheck source=spindle_config.sh
-source "$HERE/spindle_config.sh"
 
 # Total instructions of one Spindle run serving N requests through CHAIN.
 run() {

@@ -22,10 +22,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
-SPINDLE_BIN="${SPINDLE_BIN:-$ROOT/target/release/spindle}"
-UPSTREAM_BIN="${UPSTREAM_BIN:-$ROOT/target/release/demo-upstream}"
-FILTERS="${FILTERS:-$ROOT/target/filters}"
+# shellcheck source=spindle_config.sh
+source "$HERE/spindle_config.sh"
 CONNECTIONS="${CONNECTIONS:-32}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
@@ -206,8 +204,6 @@ field() {
 
 UPSTREAM_PORT="$(free_port)"
 
-# shellcheck source=spindle_config.sh
-source "$HERE/spindle_config.sh"
 
 nginx_config() {
   local dir=$1 port=$2 user=""

@@ -3,6 +3,15 @@
 # everything to one cluster of one endpoint, the upstream at 127.0.0.1:$UPSTREAM_PORT, the
 # filters in $FILTERS, the compile cache in $WORK/cache.
 #
+# Needs HERE (the bench folder); sets ROOT, and SPINDLE_BIN, UPSTREAM_BIN and FILTERS unless the
+# environment does (the builds of `make build`).
+
+# shellcheck disable=SC2034 # used by the scripts that source this file
+ROOT="$(cd "$HERE/.." && pwd)"
+SPINDLE_BIN="${SPINDLE_BIN:-$ROOT/target/release/spindle}"
+UPSTREAM_BIN="${UPSTREAM_BIN:-$ROOT/target/release/demo-upstream}"
+FILTERS="${FILTERS:-$ROOT/target/filters}"
+
 # spindle_config FILE PORT ADMIN_PORT CHAIN BALANCER_MODULE
 #   CHAIN is the listener's filter list: $TWO or $FOUR.
 
