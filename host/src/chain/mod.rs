@@ -53,13 +53,7 @@ pub async fn handle(
         return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
     };
     let (parts, body) = req.into_parts();
-    let request_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id);
+    let request_id = request_id(&parts.headers);
     // What the access log reports is the request as it arrived, before
     // filters rewrite it.
     let logged = site.access_log.as_ref().map(|_| {
@@ -703,6 +697,15 @@ fn ip_text(ip: std::net::IpAddr) -> String {
         out.push(char::from(b'0' + octet % 10));
     }
     out
+}
+
+/// The request's id: its own `x-request-id` when usable (1 to 128 bytes of text), else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(new_request_id, str::to_string)
 }
 
 /// 128 random bits as 32 lowercase hex digits.

@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode, header};
 
 use super::local::local;
 use super::{
-    Outcome, RequestCtx, Run, attempt_error, new_request_id, retry_after_ms, strip_hop_by_hop,
+    Outcome, RequestCtx, Run, attempt_error, request_id, retry_after_ms, strip_hop_by_hop,
 };
 use crate::runtime::Proxy;
 use crate::upstream::{AttemptResult, DownBody, InFlight, UpBody};
@@ -39,13 +39,7 @@ pub async fn handle_without_io(
         return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
     };
     let (parts, ()) = req.into_parts();
-    let request_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id);
+    let request_id = request_id(&parts.headers);
     let mut ctx = Some(Box::new(RequestCtx::new(parts, client, request_id)));
     let mut run = Run {
         proxy,
