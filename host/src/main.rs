@@ -192,12 +192,13 @@ async fn run(config: Config) -> ExitCode {
     if let Err(e) = runtime::watch(proxy.clone()) {
         tracing::warn!("hot swap disabled: cannot watch files: {e}");
     }
-    let env = proxy.env.clone();
+    let sweeping = proxy.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            env.store.sweep();
+            sweeping.env.store.sweep();
+            sweeping.upstreams.sweep_idle();
         }
     });
     proxy.ready.store(true, Ordering::Release);

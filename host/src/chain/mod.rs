@@ -25,7 +25,9 @@ use crate::config::FailMode;
 use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};
 use crate::telemetry::trace;
-use crate::upstream::{AttemptResult, Cluster, DownBody, Endpoint, InFlight, UpBody};
+use crate::upstream::{
+    self, AttemptResult, Cluster, DownBody, Endpoint, InFlight, SendError, UpBody, UpstreamBody,
+};
 use crate::wasm::{
     AttemptAction, AttemptError, AttemptOutcome, FilterError, FilterModule, Hooks, RequestAction,
     RequestSummary,
@@ -122,7 +124,7 @@ struct Run<'a> {
 
 /// What the upstream phase produced.
 enum Outcome {
-    Upstream(Response<Incoming>),
+    Upstream(Response<UpstreamBody>),
     Local(Response<DownBody>),
 }
 
@@ -282,6 +284,7 @@ impl Run<'_> {
             }
         };
         let settings = cluster.settings.load_full();
+        let pool = Cluster::pool_settings(&settings);
         let mut previous = None;
         loop {
             let (attempt, endpoint) = match self.begin_attempt(&cluster, previous) {
@@ -296,13 +299,13 @@ impl Run<'_> {
                     "request body cannot be replayed\n",
                 ));
             };
-            let req = self.upstream_request(&endpoint, up_body);
+            let req = self.upstream_request(&endpoint, up_body, pool.http2);
             let per_try = self.per_try_timeout(settings.timeout_ms);
-            let client = cluster.client();
             let sent = Instant::now();
             let result = {
                 let _guard = InFlight::new(endpoint.clone());
-                tokio::time::timeout(per_try, client.request(req)).await
+                let sending = upstream::send(&endpoint, pool, &cluster.connections, req);
+                tokio::time::timeout(per_try, sending).await
             };
             let latency = sent.elapsed();
             let (kind, resp) = match result {
@@ -404,13 +407,32 @@ impl Run<'_> {
         Ok(delay)
     }
 
-    fn upstream_request(&mut self, endpoint: &Endpoint, body: UpBody) -> Request<UpBody> {
+    /// The request an attempt sends: origin-form target for HTTP/1.1 (the
+    /// endpoint gets the client's `Host`), absolute for HTTP/2 (`:authority`).
+    fn upstream_request(
+        &mut self,
+        endpoint: &Endpoint,
+        body: UpBody,
+        http2: bool,
+    ) -> Request<UpBody> {
         let ctx = self.ctx();
         let head = &ctx.head;
-        let mut uri = http::uri::Builder::new()
-            .scheme("http")
-            .authority(endpoint.authority.clone());
-        uri = uri.path_and_query(head.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = if http2 {
+            http::Uri::builder()
+                .scheme("http")
+                .authority(endpoint.authority.clone())
+                .path_and_query(path)
+                .build()
+                .unwrap_or_default()
+        } else if head.uri.authority().is_none() {
+            head.uri.clone()
+        } else {
+            // An absolute-form request (RFC 9112 3.2.2) goes on in origin form.
+            head.uri
+                .path_and_query()
+                .map_or_else(|| http::Uri::from_static("/"), |p| p.clone().into())
+        };
         let mut headers = head.headers.clone();
         strip_hop_by_hop(&mut headers);
         if !headers.contains_key(header::HOST)
@@ -428,9 +450,8 @@ impl Run<'_> {
         if let Some(t) = &ctx.trace {
             trace::inject(t.attempt.as_ref().unwrap_or(&t.server), &mut headers);
         }
-        let uri = uri.build().unwrap_or_default();
         if let Some(t) = ctx.trace.as_mut() {
-            trace::attempt_url(t, &uri);
+            trace::attempt_url(t, endpoint.authority.as_str(), path);
         }
         let head = &ctx.head;
         let mut req = Request::new(body);
@@ -572,9 +593,13 @@ async fn buffer(mut body: Incoming, limit: usize) -> Result<ReqBody, hyper::Erro
     Ok(ReqBody::Replayable(all.freeze()))
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> AttemptResult {
-    if e.is_connect() {
-        return AttemptResult::ConnectFailure;
+fn classify(e: &SendError) -> AttemptResult {
+    let e = match e {
+        SendError::Connect(_) => return AttemptResult::ConnectFailure,
+        SendError::Http(e) => e,
+    };
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return AttemptResult::Reset;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {

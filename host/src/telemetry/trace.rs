@@ -282,11 +282,14 @@ pub fn attempt_endpoint(
 }
 
 /// Records the URL an attempt sends to.
-pub fn attempt_url(trace: &mut RequestTrace, uri: &http::Uri) {
+pub fn attempt_url(trace: &mut RequestTrace, authority: &str, path_and_query: &str) {
     if let Some(span) = trace.attempt.as_mut()
         && span.is_recording()
     {
-        span.set_attribute(KeyValue::new("url.full", uri.to_string()));
+        span.set_attribute(KeyValue::new(
+            "url.full",
+            format!("http://{authority}{path_and_query}"),
+        ));
     }
 }
 

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::pool::UpstreamBody;
+
 /// The body of one upstream attempt. An enum rather than a boxed trait object:
 /// this is on every request's path.
 pub enum UpBody {
@@ -77,7 +79,7 @@ impl Body for UpBody {
 
 /// The body of a downstream response: the upstream's, streamed, or a local one.
 pub enum DownBody {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 

@@ -11,13 +11,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
-use super::connector::{ConnStats, CountingConnector};
-use hyper_util::rt::TokioExecutor;
-
-use super::body::UpBody;
+use super::pool::{self, ConnStats, Conns, PoolSettings};
 use crate::config::{ClusterConfig, EndpointSpec};
 use crate::telemetry::{Collector, Histogram, escape};
 
@@ -103,9 +98,18 @@ pub struct Endpoint {
     pub ejections: AtomicU64,
     results: [AtomicU64; 9],
     removed: AtomicBool,
+    /// The address as a socket address, when it needs no name lookup.
+    pub(super) socket: Option<std::net::SocketAddr>,
+    /// Its idle upstream connections.
+    pub(super) conns: Conns,
 }
 
 impl Endpoint {
+    /// Whether the endpoint has left its cluster.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
@@ -168,8 +172,7 @@ pub struct Cluster {
     healthy: ArcSwap<Healthy>,
     /// Earliest ejection expiry among members (u64::MAX: none).
     next_expiry_ms: AtomicU64,
-    client: ArcSwap<Client<CountingConnector, UpBody>>,
-    /// Upstream connections of this cluster (all its clients).
+    /// Upstream connections of this cluster.
     pub connections: Arc<ConnStats>,
     pub retries: AtomicU64,
     /// Requests in flight to all members, see [`Cluster::in_flight`].
@@ -180,8 +183,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn client(&self) -> Arc<Client<CountingConnector, UpBody>> {
-        self.client.load_full()
+    /// How connections to the members are made and kept, from `settings`.
+    pub fn pool_settings(cfg: &ClusterConfig) -> PoolSettings {
+        PoolSettings {
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            http2: cfg.http2,
+            max_idle: cfg.max_idle_per_endpoint,
+        }
     }
 
     pub fn members(&self) -> Arc<Vec<Arc<Endpoint>>> {
@@ -292,12 +300,11 @@ impl Upstreams {
             let cluster = match old.get(name) {
                 Some(c) => {
                     let prev = c.settings.load_full();
-                    if prev.connect_timeout_ms != cfg.connect_timeout_ms
-                        || prev.http2 != cfg.http2
-                        || prev.max_idle_per_endpoint != cfg.max_idle_per_endpoint
-                    {
-                        c.client
-                            .store(Arc::new(build_client(cfg, c.connections.clone())));
+                    if prev.http2 != cfg.http2 {
+                        // Idle connections speak the other protocol.
+                        for e in c.members().iter() {
+                            e.conns.clear();
+                        }
                     }
                     c.settings.store(Arc::new(cfg.clone()));
                     c.clone()
@@ -313,7 +320,6 @@ impl Upstreams {
                             endpoints: Vec::new(),
                         }),
                         next_expiry_ms: AtomicU64::new(u64::MAX),
-                        client: ArcSwap::from_pointee(build_client(cfg, connections.clone())),
                         connections,
                         retries: AtomicU64::new(0),
                         in_flight: Arc::new(AtomicU32::new(0)),
@@ -366,6 +372,8 @@ impl Upstreams {
                         ejections: AtomicU64::new(0),
                         results: Default::default(),
                         removed: AtomicBool::new(false),
+                        socket: pool::socket_addr(spec.address()),
+                        conns: Conns::default(),
                     });
                     by_id.insert(e.id, e.clone());
                     e
@@ -376,12 +384,23 @@ impl Upstreams {
         for e in old.iter() {
             if !members.iter().any(|m| m.id == e.id) {
                 e.removed.store(true, Ordering::Relaxed);
+                e.conns.clear();
                 by_id.remove(&e.id);
             }
         }
         drop(by_id);
         cluster.members.store(Arc::new(members));
         cluster.rebuild_healthy(self.now_ms());
+    }
+
+    /// Closes idle upstream connections that timed out or that their
+    /// endpoints closed.
+    pub fn sweep_idle(&self) {
+        for c in self.clusters.load().values() {
+            for e in c.members().iter() {
+                e.conns.sweep();
+            }
+        }
     }
 
     /// Ejects an endpoint for `ms`; false if it is unknown.
@@ -445,19 +464,6 @@ impl Upstreams {
             .collect();
         serde_json::json!({ "clusters": list })
     }
-}
-
-fn build_client(cfg: &ClusterConfig, stats: Arc<ConnStats>) -> Client<CountingConnector, UpBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
-        .http2_only(cfg.http2)
-        .set_host(false)
-        .build(CountingConnector::new(connector, stats))
 }
 
 /// A per-endpoint series: name, type, help, and its value at a time (ms).

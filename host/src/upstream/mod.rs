@@ -3,8 +3,8 @@
 
 mod body;
 mod cluster;
-mod connector;
+mod pool;
 
 pub use self::body::{DownBody, UpBody};
 pub use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};
-pub use self::connector::{ConnStats, CountingConnector};
+pub use self::pool::{ConnStats, IDLE_TIMEOUT, PoolSettings, SendError, UpstreamBody, send};
