@@ -21,6 +21,10 @@ async fn max_pending_answers_503_under_a_burst() {
         // The breaker declared its threshold: below it, the host does not call its on_request.
         let breaker = sp.filter_view("breaker").await;
         assert_eq!(breaker["request_min_in_flight"], 2, "{breaker}");
+        assert_eq!(
+            breaker["attempt_outcomes"], "failures_and_recoveries",
+            "{breaker}"
+        );
         let client = Client::new();
         let resp = client.get(&format!("{}/one", sp.url("edge")), &[]).await;
         assert_eq!(resp.unwrap().status, 200);
@@ -55,6 +59,15 @@ async fn max_pending_answers_503_under_a_burst() {
             )
             .await;
         assert_eq!(rejected as usize, report.status(503));
+        // Successes on a healthy endpoint are not shown to the breaker's on_attempt.
+        assert_eq!(
+            sp.metric_or_zero(
+                "spindle_filter_calls_total",
+                &[("filter", "breaker"), ("hook", "attempt")],
+            )
+            .await,
+            0.0
+        );
     })
     .await
 }

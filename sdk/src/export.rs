@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::filter::{Filter, Hooks};
 use crate::runtime;
 use crate::types::{
-    Action, AttemptAction, AttemptError, AttemptOutcome, Endpoint, PickContext, RequestSummary,
-    millis_u32,
+    Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, Endpoint, PickContext,
+    RequestSummary, millis_u32,
 };
 use crate::wit::exports::spindle::filter::filter::Guest;
 use crate::wit::spindle::filter::types as wt;
@@ -62,6 +62,12 @@ impl<F: Filter> Guest for Adapter<F> {
             hooks: hooks_to_wit(runtime::hooks(&filter)),
             per_try_timeout_ms: filter.per_try_timeout().map(millis_u32),
             request_min_in_flight: runtime::request_min_in_flight(&filter),
+            attempt_outcomes: match runtime::attempt_outcomes(&filter) {
+                AttemptOutcomes::All => wt::AttemptOutcomes::All,
+                AttemptOutcomes::FailuresAndRecoveries => {
+                    wt::AttemptOutcomes::FailuresAndRecoveries
+                }
+            },
         };
         INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
         Ok(declaration)

@@ -57,6 +57,13 @@ pub trait Filter: Sized + 'static {
         None
     }
 
+    /// Which outcomes [`on_attempt`](Filter::on_attempt) is called with:
+    /// [`AttemptOutcomes::All`] (the default), or only failures and recoveries
+    /// ([`AttemptOutcomes::FailuresAndRecoveries`]). Declared once, at init.
+    fn attempt_outcomes(&self) -> crate::AttemptOutcomes {
+        crate::AttemptOutcomes::All
+    }
+
     /// Request phase, in chain order: read and change the request, choose the cluster, or answer
     /// locally with [`Action::Respond`] (which stops the chain), or wait with [`Action::Delay`]
     /// (the host sleeps, then runs the next filter).

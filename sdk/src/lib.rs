@@ -86,8 +86,8 @@ pub use crate::filter::{Filter, Hooks, InitError};
 pub use crate::request::Request;
 pub use crate::response::Response;
 pub use crate::types::{
-    Action, AttemptAction, AttemptError, AttemptOutcome, ClusterStats, Endpoint, EndpointStats,
-    LocalReply, PickContext, RequestSummary,
+    Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, ClusterStats, Endpoint,
+    EndpointStats, LocalReply, PickContext, RequestSummary,
 };
 
 /// Marks `impl Filter for YourType` as this component's filter.

@@ -31,6 +31,15 @@ pub(crate) fn request_min_in_flight<F: Filter>(filter: &F) -> Option<u32> {
         .filter(|_| hooks(filter).contains(Hooks::REQUEST))
 }
 
+/// The outcomes the filter's `on_attempt` sees: only meaningful when it has that hook.
+pub(crate) fn attempt_outcomes<F: Filter>(filter: &F) -> crate::AttemptOutcomes {
+    if hooks(filter).contains(Hooks::ATTEMPT) {
+        filter.attempt_outcomes()
+    } else {
+        crate::AttemptOutcomes::All
+    }
+}
+
 pub(crate) fn on_request<F: Filter>(filter: &mut F) -> Action {
     filter.on_request(&mut Request::current())
 }

@@ -126,6 +126,28 @@ impl PickContext {
     }
 }
 
+/// Which attempt outcomes the host passes to [`Filter::on_attempt`](crate::Filter::on_attempt),
+/// declared with [`Filter::attempt_outcomes`](crate::Filter::attempt_outcomes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AttemptOutcomes {
+    /// Every outcome.
+    #[default]
+    All,
+    /// Failures as the host counts them (any [`AttemptError`], or a status from 500 up); an
+    /// outcome that is no failure only when the endpoint had failed before it (its
+    /// `consecutive_failures` was above 0), or when it is the first such outcome once an
+    /// ejection of the endpoint is over (the half-open probe). For breakers, to which a success
+    /// on a healthy endpoint says nothing new: the common request then costs no hook call.
+    FailuresAndRecoveries,
+}
+
+impl AttemptOutcomes {
+    /// Whether the host counts this outcome as a failure of its endpoint.
+    pub fn is_host_failure(outcome: &AttemptOutcome) -> bool {
+        outcome.error.is_some() || outcome.status.is_some_and(|s| s >= 500)
+    }
+}
+
 /// Why an attempt failed without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttemptError {

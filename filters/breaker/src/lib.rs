@@ -57,6 +57,13 @@
 //! endpoint). The last endpoint of a cluster is never ejected: it would turn a flaky upstream
 //! into certain 503s.
 //!
+//! Without `success_rate`, the breaker declares
+//! [`AttemptOutcomes::FailuresAndRecoveries`]: the host shows it failures, the first outcome
+//! after an endpoint's failures (which clears the count) and the first outcome that is no failure
+//! once an ejection is over (the probe), and skips the hook for every other success, which would
+//! change nothing here. Under concurrency "in a row" is approximate: a success and a failure
+//! finishing together may leave one failure counted that a later success would have cleared.
+//!
 //! In `on_request`, when the cluster chosen so far (put the breaker after the router) has
 //! `max_pending` requests in flight or more, the request is answered `503` with the header
 //! `x-spindle-breaker: open`. Metrics: `ejections_total{cluster}`, `rejected_total{cluster}`.
@@ -68,8 +75,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use spindle_sdk::metrics::Counter;
 use spindle_sdk::{
-    Action, AttemptAction, AttemptError, AttemptOutcome, Filter, Hooks, InitError, LocalReply,
-    Request, endpoints, store,
+    Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, Filter, Hooks, InitError,
+    LocalReply, Request, endpoints, store,
 };
 
 fn default_consecutive_failures() -> u32 {
@@ -390,6 +397,17 @@ impl Filter for Breaker {
             Hooks::ATTEMPT
         } else {
             Hooks::REQUEST.union(Hooks::ATTEMPT)
+        }
+    }
+
+    /// Successes on endpoints that have not failed say nothing new to the breaker: without
+    /// success-rate detection (which counts every outcome) it asks only for failures and
+    /// recoveries.
+    fn attempt_outcomes(&self) -> AttemptOutcomes {
+        if self.success_rate.is_some() {
+            AttemptOutcomes::All
+        } else {
+            AttemptOutcomes::FailuresAndRecoveries
         }
     }
 

@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use spindle_sdk::testing::{Ejection, MockHost, TestFilter, TestRequest};
-use spindle_sdk::{Action, AttemptAction, AttemptError, AttemptOutcome, Filter, Hooks};
+use spindle_sdk::{
+    Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, Filter, Hooks,
+};
 
 use crate::{Breaker, is_failure, may_eject};
 
@@ -37,6 +39,16 @@ fn hooks() {
     let unlimited = load(&host, json!({"max_pending": 0}));
     assert_eq!(unlimited.hooks(), Hooks::ATTEMPT);
     assert_eq!(unlimited.request_min_in_flight(), None);
+    // Successes on healthy endpoints are not shown to it, unless success rates are counted.
+    assert_eq!(
+        unlimited.attempt_outcomes(),
+        AttemptOutcomes::FailuresAndRecoveries
+    );
+    let counting = load(
+        &host,
+        json!({"success_rate": {"interval_ms": 1000, "minimum_hosts": 3, "request_volume": 10}}),
+    );
+    assert_eq!(counting.attempt_outcomes(), AttemptOutcomes::All);
 }
 
 #[test]

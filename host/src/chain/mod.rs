@@ -316,7 +316,7 @@ impl Run<'_> {
                 Ok(Err(e)) => (classify(&e), None),
                 Err(_) => (AttemptResult::Timeout, None),
             };
-            endpoint.record(kind, latency);
+            let notable = self.record_attempt(&endpoint, kind, latency);
             cluster.duration.observe_ns(latency.as_nanos() as u64);
             if resp.is_none() {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, attempt, ?kind, "attempt failed");
@@ -334,7 +334,7 @@ impl Run<'_> {
                     .and_then(|r| r.headers().get(header::RETRY_AFTER))
                     .and_then(|v| retry_after_ms(v, SystemTime::now())),
             };
-            let delay = self.attempt_phase(&outcome);
+            let delay = self.attempt_phase(&outcome, notable);
             if let Some(trace) = self.ctx().trace.as_mut() {
                 trace::end_attempt(trace, outcome.status, span_error(kind));
             }
@@ -386,14 +386,29 @@ impl Run<'_> {
         Ok(Some(cluster.round_robin(&healthy)))
     }
 
-    /// Every filter with the attempt hook sees the outcome; the longest
+    /// Records an attempt's outcome in its endpoint's stats; returns whether
+    /// filters that see only failures and recoveries see it.
+    fn record_attempt(&self, endpoint: &Endpoint, kind: AttemptResult, latency: Duration) -> bool {
+        endpoint.record(kind, latency)
+            || (self.chain.watches_recoveries
+                && endpoint.take_recovery(self.proxy.upstreams.now_ms()))
+    }
+
+    /// Every filter with the attempt hook sees the outcome (those that declared
+    /// `failures-and-recoveries` only when it is `notable`); the longest
     /// requested delay wins when any asks for a retry.
     fn attempt_phase(
         &mut self,
         outcome: &AttemptOutcome,
+        notable: bool,
     ) -> Result<Option<u32>, Box<Response<DownBody>>> {
         let mut delay: Option<u32> = None;
-        for f in self.chain.filters.iter().filter(|f| f.has(Hooks::ATTEMPT)) {
+        for f in self
+            .chain
+            .filters
+            .iter()
+            .filter(|f| f.has(Hooks::ATTEMPT) && (notable || !f.failures_and_recoveries))
+        {
             match f.on_attempt(self.ctx, outcome) {
                 Ok(AttemptAction::Done) => {}
                 Ok(AttemptAction::Retry(ms)) => delay = Some(delay.map_or(ms, |d| d.max(ms))),

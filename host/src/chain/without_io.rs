@@ -82,7 +82,7 @@ impl Run<'_> {
         let latency = sent.elapsed();
         let (mut parts, ()) = upstream.into_parts();
         let kind = AttemptResult::from_status(parts.status.as_u16());
-        endpoint.record(kind, latency);
+        let notable = self.record_attempt(&endpoint, kind, latency);
         cluster.duration.observe_ns(latency.as_nanos() as u64);
         let outcome = AttemptOutcome {
             cluster: cluster_name,
@@ -97,7 +97,7 @@ impl Run<'_> {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| retry_after_ms(v, SystemTime::now())),
         };
-        if let Err(r) = self.attempt_phase(&outcome) {
+        if let Err(r) = self.attempt_phase(&outcome, notable) {
             return Outcome::Local(*r);
         }
         // What `response_phase` does to an upstream response's head.

@@ -28,6 +28,8 @@ pub struct Chain {
     pub balancer: Option<Arc<FilterModule>>,
     pub has_response_hooks: bool,
     pub has_done_hooks: bool,
+    /// Some filter's `on-attempt` sees only failures and recoveries.
+    pub watches_recoveries: bool,
     pub retry_buffer_bytes: usize,
     pub stats: Arc<ListenerStats>,
 }
@@ -262,6 +264,7 @@ fn build(
             balancer: list.iter().find(|f| f.has(Hooks::PICK)).cloned(),
             has_response_hooks: list.iter().any(|f| f.has(Hooks::RESPONSE)),
             has_done_hooks: list.iter().any(|f| f.has(Hooks::DONE)),
+            watches_recoveries: list.iter().any(|f| f.failures_and_recoveries),
             retry_buffer_bytes: l.retry_buffer_bytes,
             stats: metrics.listener(&l.name),
             filters: list,
@@ -395,6 +398,7 @@ fn version_json(f: &FilterModule) -> serde_json::Value {
         "hooks": hook_names(f.hooks),
         "per_try_timeout_ms": f.per_try_timeout.map(|d| d.as_millis() as u64),
         "request_min_in_flight": f.request_min_in_flight,
+        "attempt_outcomes": if f.failures_and_recoveries { "failures_and_recoveries" } else { "all" },
         "fail": f.spec.fail,
         "instances": f.instances.load(Ordering::Relaxed),
         "idle_instances": f.idle_instances(),

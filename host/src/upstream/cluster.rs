@@ -96,6 +96,8 @@ pub struct Endpoint {
     /// Host-monotonic ms until which the endpoint is ejected; 0 when not.
     pub ejected_until_ms: AtomicU64,
     pub ejections: AtomicU64,
+    /// Set by each ejection; the first outcome that is no failure once it is over takes it.
+    recovering: AtomicBool,
     results: [AtomicU64; 9],
     removed: AtomicBool,
     /// The address as a socket address, when it needs no name lookup.
@@ -114,18 +116,23 @@ impl Endpoint {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
-    /// Records an attempt's outcome in the endpoint's stats.
-    pub fn record(&self, result: AttemptResult, latency: Duration) {
+    /// Records an attempt's outcome in the endpoint's stats. Returns whether it is a failure or
+    /// the first success after failures (what `failures-and-recoveries` filters see, with
+    /// [`Endpoint::take_recovery`]).
+    pub fn record(&self, result: AttemptResult, latency: Duration) -> bool {
         self.total.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = AttemptResult::ALL.iter().position(|r| *r == result) {
             self.results[i].fetch_add(1, Ordering::Relaxed);
         }
-        if result.is_failure() {
+        let notable = if result.is_failure() {
             self.failures.fetch_add(1, Ordering::Relaxed);
             self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            true
         } else {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-        }
+            // Read first: a healthy endpoint's counter is not written on every success.
+            self.consecutive_failures.load(Ordering::Relaxed) > 0
+                && self.consecutive_failures.swap(0, Ordering::Relaxed) > 0
+        };
         // EWMA with alpha = 0.3; races between threads lose a sample at worst.
         let sample = latency.as_nanos().min(u64::MAX as u128) as u64;
         let old = self.ewma_ns.load(Ordering::Relaxed);
@@ -135,6 +142,15 @@ impl Endpoint {
             (old * 7 + sample * 3) / 10
         };
         self.ewma_ns.store(new.max(1), Ordering::Relaxed);
+        notable
+    }
+
+    /// Whether this success is the first since an ejection of the endpoint ended (its half-open
+    /// probe); true once per ejection.
+    pub fn take_recovery(&self, now_ms: u64) -> bool {
+        self.recovering.load(Ordering::Relaxed)
+            && !self.is_ejected(now_ms)
+            && self.recovering.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -370,6 +386,7 @@ impl Upstreams {
                         failures: AtomicU64::new(0),
                         ejected_until_ms: AtomicU64::new(0),
                         ejections: AtomicU64::new(0),
+                        recovering: AtomicBool::new(false),
                         results: Default::default(),
                         removed: AtomicBool::new(false),
                         socket: pool::socket_addr(spec.address()),
@@ -415,6 +432,7 @@ impl Upstreams {
         e.ejected_until_ms
             .store(now + u64::from(ms.max(1)), Ordering::Relaxed);
         e.ejections.fetch_add(1, Ordering::Relaxed);
+        e.recovering.store(true, Ordering::Relaxed);
         tracing::warn!(cluster = %cluster.name, endpoint = %e.address, ms, "endpoint ejected");
         cluster.rebuild_healthy(now);
         true

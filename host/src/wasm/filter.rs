@@ -18,7 +18,7 @@ use super::bindings::exports::spindle::filter::filter::{
     AttemptAction, AttemptOutcome, Endpoint as WitEndpoint, PickContext, RequestAction,
     RequestSummary,
 };
-use super::bindings::spindle::filter::types::{Declaration, Hooks};
+use super::bindings::spindle::filter::types::{AttemptOutcomes, Declaration, Hooks};
 use super::bindings::{SpindleFilter, SpindleFilterPre};
 use super::engine::WasmEngine;
 use super::host::{DeadlineWatch, HostEnv, HostState};
@@ -92,6 +92,8 @@ pub struct FilterModule {
     /// It declared that `on-request` need only run from this many attempts in flight on the
     /// request's cluster.
     pub request_min_in_flight: Option<u32>,
+    /// It declared that `on-attempt` need only see failures and recoveries.
+    pub failures_and_recoveries: bool,
     config_json: String,
     pre: SpindleFilterPre<HostState>,
     engine: wasmtime::Engine,
@@ -142,6 +144,7 @@ impl FilterModule {
             hooks: Hooks::empty(),
             per_try_timeout: None,
             request_min_in_flight: None,
+            failures_and_recoveries: false,
             config_json: config_json.to_string(),
             pre,
             engine: engine.engine.clone(),
@@ -168,6 +171,8 @@ impl FilterModule {
         module.request_min_in_flight = declared
             .request_min_in_flight
             .filter(|_| declared.hooks.contains(Hooks::REQUEST));
+        module.failures_and_recoveries = declared.hooks.contains(Hooks::ATTEMPT)
+            && declared.attempt_outcomes == AttemptOutcomes::FailuresAndRecoveries;
         lock(&module.idle).push(slot);
         Ok(Arc::new(module))
     }

@@ -12,6 +12,7 @@ const HOOKS: &[(&str, Option<&str>)] = &[
     ("hooks", None),
     ("per_try_timeout", None),
     ("request_min_in_flight", None),
+    ("attempt_outcomes", None),
     ("on_request", Some("REQUEST")),
     ("endpoints_changed", Some("PICK")),
     ("pick_endpoint", Some("PICK")),

@@ -124,9 +124,22 @@ impl<F: Filter> TestFilter<F> {
         }
     }
 
-    /// Runs `on_attempt` with this outcome.
+    /// The outcomes this instance's `on_attempt` asked for at init ([`Filter::attempt_outcomes`]).
+    pub fn attempt_outcomes(&self) -> crate::AttemptOutcomes {
+        runtime::attempt_outcomes(&self.filter)
+    }
+
+    /// Runs `on_attempt` with this outcome, as the host would: first records it in its
+    /// endpoint's statistics (`total_requests`, `total_failures`, `consecutive_failures`), then
+    /// calls the hook, unless the filter has none or declared
+    /// [`AttemptOutcomes::FailuresAndRecoveries`](crate::AttemptOutcomes::FailuresAndRecoveries)
+    /// and the outcome is neither.
     pub fn on_attempt(&mut self, outcome: &AttemptOutcome) -> AttemptAction {
+        let notable = sys::record_outcome(outcome);
         if !self.hooks.contains(Hooks::ATTEMPT) {
+            return AttemptAction::Done;
+        }
+        if self.attempt_outcomes() == crate::AttemptOutcomes::FailuresAndRecoveries && !notable {
             return AttemptAction::Done;
         }
         in_filter::<F, _>(|| runtime::on_attempt(&mut self.filter, outcome))

@@ -284,6 +284,7 @@ impl MockHost {
                     weight: weight.max(1),
                     stats: EndpointStats::default(),
                     ejected_until_ns: 0,
+                    recovering: false,
                 },
             );
             id

@@ -85,6 +85,8 @@ pub(crate) struct EndpointState {
     pub(crate) stats: EndpointStats,
     /// Monotonic ns until which the endpoint is ejected.
     pub(crate) ejected_until_ns: u64,
+    /// Set by each ejection; cleared by the first outcome that is no failure once it is over.
+    pub(crate) recovering: bool,
 }
 
 impl EndpointState {

@@ -210,6 +210,31 @@ pub(crate) fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
         known.then_some(stats)
     })
 }
+/// Records an attempt's outcome in its endpoint's statistics, as the host does before
+/// `on_attempt`; returns whether a filter declaring
+/// [`AttemptOutcomes::FailuresAndRecoveries`](crate::AttemptOutcomes) sees it.
+pub(crate) fn record_outcome(outcome: &crate::AttemptOutcome) -> bool {
+    let failed = crate::AttemptOutcomes::is_host_failure(outcome);
+    with(|s| {
+        let now = s.monotonic_ns;
+        let Some(e) = s.endpoints.get_mut(&outcome.endpoint) else {
+            return true;
+        };
+        e.stats.total_requests += 1;
+        if failed {
+            e.stats.total_failures += 1;
+            e.stats.consecutive_failures += 1;
+            return true;
+        }
+        let had_failed = std::mem::take(&mut e.stats.consecutive_failures) > 0;
+        let recovered = e.recovering && !e.ejected(now);
+        if recovered {
+            e.recovering = false;
+        }
+        had_failed || recovered
+    })
+}
+
 pub(crate) fn eject_endpoint(id: u32, ms: u32) -> bool {
     with(|s| {
         let until = s
@@ -218,6 +243,7 @@ pub(crate) fn eject_endpoint(id: u32, ms: u32) -> bool {
         match s.endpoints.get_mut(&id) {
             Some(e) => {
                 e.ejected_until_ns = e.ejected_until_ns.max(until);
+                e.recovering = true;
                 s.ejections.push((id, ms));
                 true
             }

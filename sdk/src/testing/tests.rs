@@ -219,3 +219,69 @@ fn endpoint_addresses_are_known_until_the_endpoint_leaves() {
     assert_eq!(crate::endpoints::endpoint_address(a), None);
     assert_eq!(crate::endpoints::endpoint_address(99), None);
 }
+
+/// Counts the outcomes it is shown; declares that it wants failures and recoveries only.
+#[derive(Default)]
+struct Watcher {
+    seen: Vec<(u32, Option<u16>)>,
+}
+
+#[crate::filter]
+impl Filter for Watcher {
+    type Config = crate::NoConfig;
+    fn new(_: crate::NoConfig) -> Result<Self, InitError> {
+        Ok(Watcher::default())
+    }
+    fn attempt_outcomes(&self) -> crate::AttemptOutcomes {
+        crate::AttemptOutcomes::FailuresAndRecoveries
+    }
+    fn on_attempt(&mut self, outcome: &AttemptOutcome) -> AttemptAction {
+        self.seen.push((outcome.endpoint, outcome.status));
+        AttemptAction::Done
+    }
+}
+
+#[test]
+fn failures_and_recoveries_skip_successes_on_healthy_endpoints() {
+    let host = MockHost::new();
+    let a = host.add_endpoint("api", "10.0.0.1:80", 1);
+    let mut f = host.load::<Watcher>(serde_json::json!({})).unwrap();
+    assert_eq!(
+        f.attempt_outcomes(),
+        crate::AttemptOutcomes::FailuresAndRecoveries
+    );
+    let ok = AttemptOutcome::response("api", a, 1, 200);
+    let bad = AttemptOutcome::response("api", a, 1, 503);
+    f.on_attempt(&ok);
+    f.on_attempt(&bad);
+    f.on_attempt(&bad);
+    // The first success after failures is a recovery; the next one is not shown.
+    f.on_attempt(&ok);
+    f.on_attempt(&ok);
+    assert_eq!(
+        f.filter().seen,
+        vec![(a, Some(503)), (a, Some(503)), (a, Some(200))]
+    );
+    let stats = crate::endpoints::endpoint_stats(a).unwrap();
+    assert_eq!(
+        (
+            stats.total_requests,
+            stats.total_failures,
+            stats.consecutive_failures
+        ),
+        (5, 2, 0),
+        "outcomes are recorded as the host records them"
+    );
+
+    // After an ejection, the first success once it is over is the probe.
+    assert!(crate::endpoints::eject_endpoint(
+        a,
+        Duration::from_millis(100)
+    ));
+    f.on_attempt(&ok);
+    assert_eq!(f.filter().seen.len(), 3, "still ejected: not the probe");
+    host.advance(Duration::from_millis(150));
+    f.on_attempt(&ok);
+    f.on_attempt(&ok);
+    assert_eq!(f.filter().seen[3..], [(a, Some(200))]);
+}
