@@ -134,21 +134,10 @@ pub async fn send(
     stats: &Arc<ConnStats>,
     mut req: Request<UpBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
+    // The paths that connect are boxed: every downstream connection keeps room for one
+    // request's future, and a connect's state (name lookup, TCP, handshake) is large.
     if settings.http2 {
-        let mut tx = match endpoint.conns.shared_http2() {
-            Some(tx) => tx,
-            None => {
-                let io = connect(endpoint, settings.connect_timeout).await?;
-                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .handshake(TokioIo::new(io))
-                    .await?;
-                spawn_connection(conn, stats);
-                endpoint.conns.lock().http2 = Some(tx.clone());
-                tx
-            }
-        };
-        let resp = tx.send_request(req).await?;
-        return Ok(resp.map(|body| UpstreamBody::new(body, None)));
+        return Box::pin(send_http2(endpoint, settings, stats, req)).await;
     }
     while let Some(mut tx) = endpoint.conns.take_http1() {
         if !tx.is_ready() && tx.ready().await.is_err() {
@@ -163,11 +152,42 @@ pub async fn send(
             },
         }
     }
+    Box::pin(send_on_new_http1(endpoint, settings, stats, req)).await
+}
+
+async fn send_on_new_http1(
+    endpoint: &Arc<Endpoint>,
+    settings: PoolSettings,
+    stats: &Arc<ConnStats>,
+    req: Request<UpBody>,
+) -> Result<Response<UpstreamBody>, SendError> {
     let io = connect(endpoint, settings.connect_timeout).await?;
     let (mut tx, conn) = http1::handshake(TokioIo::new(io)).await?;
     spawn_connection(conn, stats);
     let resp = tx.send_request(req).await?;
     Ok(with_checkin(resp, tx, endpoint, settings))
+}
+
+async fn send_http2(
+    endpoint: &Arc<Endpoint>,
+    settings: PoolSettings,
+    stats: &Arc<ConnStats>,
+    req: Request<UpBody>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    let mut tx = match endpoint.conns.shared_http2() {
+        Some(tx) => tx,
+        None => {
+            let io = connect(endpoint, settings.connect_timeout).await?;
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(io))
+                .await?;
+            spawn_connection(conn, stats);
+            endpoint.conns.lock().http2 = Some(tx.clone());
+            tx
+        }
+    };
+    let resp = tx.send_request(req).await?;
+    Ok(resp.map(|body| UpstreamBody::new(body, None)))
 }
 
 fn with_checkin(
@@ -318,5 +338,33 @@ impl Drop for UpstreamBody {
         if self.is_end_stream() {
             self.give_back();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Upstreams;
+
+    #[test]
+    fn a_request_on_a_pooled_connection_keeps_a_small_future() {
+        let u = Upstreams::new(Instant::now());
+        let cfg: crate::config::ClusterConfig =
+            toml::from_str("endpoints = [\"127.0.0.1:1\"]").expect("cluster config");
+        u.apply(&[("api".into(), cfg.clone())]);
+        let cluster = u.cluster("api").expect("cluster");
+        let endpoint = cluster.members()[0].clone();
+        let settings = crate::upstream::Cluster::pool_settings(&cfg);
+        let sending = send(
+            &endpoint,
+            settings,
+            &cluster.connections,
+            Request::new(UpBody::full(Bytes::new())),
+        );
+        // Every request's future is allocated whole, and the holes it leaves behind make up
+        // part of the memory an idle keep-alive connection costs: connecting is boxed.
+        let size = std::mem::size_of_val(&sending);
+        eprintln!("send future: {size} bytes");
+        assert!(size <= 1024, "the send future is {size} bytes");
     }
 }
