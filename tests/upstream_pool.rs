@@ -18,6 +18,20 @@ async fn get_ok(client: &Client, sp: &Spindle, n: usize) {
     }
 }
 
+/// `n` requests at once, each on its own client connection.
+async fn get_ok_at_once(sp: &Spindle, n: usize) {
+    let mut burst = Vec::new();
+    for _ in 0..n {
+        let url = format!("{}/x", sp.url("edge"));
+        burst.push(tokio::spawn(async move {
+            Client::new().get(&url, &[]).await.map(|r| r.status)
+        }));
+    }
+    for r in burst {
+        assert_eq!(r.await.unwrap(), Ok(200));
+    }
+}
+
 async fn opened(sp: &Spindle) -> f64 {
     sp.metric_or_zero(
         "spindle_upstream_connections_opened_total",
@@ -36,16 +50,7 @@ async fn idle_connections_are_capped_per_endpoint() {
         )
         .await;
         a.delay(Duration::from_millis(300));
-        let mut burst = Vec::new();
-        for _ in 0..6 {
-            let url = format!("{}/x", sp.url("edge"));
-            burst.push(tokio::spawn(async move {
-                Client::new().get(&url, &[]).await.map(|r| r.status)
-            }));
-        }
-        for r in burst {
-            assert_eq!(r.await.unwrap(), Ok(200));
-        }
+        get_ok_at_once(&sp, 6).await;
         assert_eq!(
             opened(&sp).await,
             6.0,
@@ -78,16 +83,7 @@ async fn http2_endpoints_share_one_connection() {
         .await;
         let client = Client::new();
         get_ok(&client, &sp, 3).await;
-        let mut burst = Vec::new();
-        for _ in 0..8 {
-            let url = format!("{}/x", sp.url("edge"));
-            burst.push(tokio::spawn(async move {
-                Client::new().get(&url, &[]).await.map(|r| r.status)
-            }));
-        }
-        for r in burst {
-            assert_eq!(r.await.unwrap(), Ok(200));
-        }
+        get_ok_at_once(&sp, 8).await;
         let seen = a.seen();
         assert_eq!(seen.len(), 11);
         assert!(
