@@ -148,3 +148,42 @@ async fn endpoints_may_be_host_names() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_response_leaves_its_connection_open() {
+    bounded(Duration::from_secs(60), async {
+        let a = Upstream::start("a").await;
+        let config = head(&["router", "balancer", "retry"])
+            + &router_all_to("api")
+            + &round_robin()
+            + &spindle_tests::config::filter(
+                "retry",
+                "retry",
+                "attempts = 2\nretry_on = [\"5xx\"]\nbackoff_base_ms = 1\nbackoff_max_ms = 2",
+            )
+            + &spindle_tests::config::cluster("api", &["a"]);
+        let sp = Spindle::start(&config, &[&a]).await;
+        let client = Client::new();
+        for _ in 0..3 {
+            a.fail_next(503, 1);
+            get_ok(&client, &sp, 1).await;
+        }
+        assert_eq!(a.count(), 6, "each request was retried once");
+        // The 503s' bodies were read to the end, so their connections went back to the pool
+        // (or served the retry) instead of being closed.
+        assert!(
+            wait_until(Duration::from_secs(5), || async {
+                let open = sp
+                    .metric("spindle_upstream_connections", &[("cluster", "api")])
+                    .await;
+                open.is_some() && open == Some(opened(&sp).await)
+            })
+            .await,
+            "every upstream connection opened is still open: {:?} of {}",
+            sp.metric("spindle_upstream_connections", &[("cluster", "api")])
+                .await,
+            opened(&sp).await
+        );
+    })
+    .await
+}

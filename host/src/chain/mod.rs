@@ -343,7 +343,10 @@ impl Run<'_> {
                 Err(r) => return Outcome::Local(*r),
             };
             match (delay, resp) {
-                (Some(ms), _) if replayable => {
+                (Some(ms), resp) if replayable => {
+                    if let Some(r) = resp {
+                        upstream::discard(r.into_body());
+                    }
                     cluster.retries.fetch_add(1, Ordering::Relaxed);
                     previous = Some(endpoint.id);
                     if ms > 0 {

@@ -7,4 +7,6 @@ mod pool;
 
 pub use self::body::{DownBody, UpBody};
 pub use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};
-pub use self::pool::{ConnStats, IDLE_TIMEOUT, PoolSettings, SendError, UpstreamBody, send};
+pub use self::pool::{
+    ConnStats, IDLE_TIMEOUT, PoolSettings, SendError, UpstreamBody, discard, send,
+};

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -275,6 +276,39 @@ impl Checkin {
             self.endpoint.conns.put_http1(self.tx, self.max_idle);
         }
     }
+}
+
+/// The most of a discarded response body [`discard`] reads to keep its connection.
+const DISCARD_MAX_BYTES: u64 = 64 * 1024;
+/// How long [`discard`] waits for the rest of such a body.
+const DISCARD_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Lets go of a response the client will not get (its attempt is retried). Its HTTP/1.1
+/// connection can serve again only once the body has been read to the end: a body of at most
+/// 64 KiB is read in a task of its own (for at most a second), so that a retried 503 does not
+/// cost a new connection; a larger or slower one, or an HTTP/2 stream, is dropped (the
+/// connection closes, the stream is reset).
+pub fn discard(body: UpstreamBody) {
+    if body.checkin.is_none()
+        || body.is_end_stream()
+        || body.size_hint().lower() > DISCARD_MAX_BYTES
+    {
+        // Dropped: a finished body gives its connection back as it goes.
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(DISCARD_MAX_WAIT, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > DISCARD_MAX_BYTES {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// A response body from an endpoint. Read to the end, it gives its HTTP/1.1
