@@ -135,8 +135,9 @@ pub async fn send(
     stats: &Arc<ConnStats>,
     mut req: Request<UpBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    // The paths that connect are boxed: every downstream connection keeps room for one
-    // request's future, and a connect's state (name lookup, TCP, handshake) is large.
+    // The paths that connect are boxed: each request's future is allocated whole, the holes
+    // it leaves in the heap add to what an idle keep-alive connection costs, and a connect's
+    // state (name lookup, TCP, handshake) is large.
     if settings.http2 {
         return Box::pin(send_http2(endpoint, settings, stats, req)).await;
     }
