@@ -178,6 +178,12 @@ async fn per_try_timeouts_are_retried_or_give_504() {
         let retry = sp.filter_view("retry").await;
         assert_eq!(retry["per_try_timeout_ms"], 300, "{retry}");
         assert_eq!(retry["hooks"], serde_json::json!(["attempt"]), "{retry}");
+        // No budget, and retry_on names host failures only: successes on healthy endpoints are
+        // not shown to it.
+        assert_eq!(
+            retry["attempt_outcomes"], "failures_and_recoveries",
+            "{retry}"
+        );
         let client = Client::new();
         for i in 0..6 {
             let started = Instant::now();

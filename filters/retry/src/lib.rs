@@ -46,6 +46,13 @@
 //! budget is counted in `spindle_filter_<name>_budget_exhausted_total{cluster}` and the outcome
 //! is kept.
 //!
+//! # Outcomes it sees
+//!
+//! Without a budget (which counts every first attempt) and with a `retry_on` that names only
+//! failures the host counts as such (no `retriable-status:` below 500), the filter declares
+//! [`AttemptOutcomes::FailuresAndRecoveries`]: the host skips its `on_attempt` for successes
+//! on healthy endpoints, which it would leave alone anyway.
+//!
 //! # Attempt header
 //!
 //! With `attempt_header = true`, every upstream attempt carries `x-spindle-attempt: N` (1 for the
@@ -66,8 +73,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use spindle_sdk::metrics::Counter;
 use spindle_sdk::{
-    Action, AttemptAction, AttemptError, AttemptOutcome, Filter, Hooks, InitError, Request, random,
-    store, time,
+    Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, Filter, Hooks, InitError,
+    Request, random, store, time,
 };
 
 /// The request header carrying the attempt number, with `attempt_header = true`.
@@ -439,6 +446,21 @@ impl Filter for Retry {
     /// The host applies it to every request without calling the filter.
     fn per_try_timeout(&self) -> Option<Duration> {
         self.per_try_timeout
+    }
+
+    /// Without a budget (which counts every first attempt), a retry filter whose `retry_on`
+    /// names only failures the host counts as such (errors, statuses from 500) has nothing to
+    /// do with other outcomes: it asks the host for failures and recoveries only.
+    fn attempt_outcomes(&self) -> AttemptOutcomes {
+        let only_host_failures = self
+            .retry_on
+            .iter()
+            .all(|on| !matches!(on, RetryOn::Status(code) if *code < 500));
+        if self.budget.is_none() && only_host_failures {
+            AttemptOutcomes::FailuresAndRecoveries
+        } else {
+            AttemptOutcomes::All
+        }
     }
 
     fn on_request(&mut self, req: &mut Request) -> Action {

@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use spindle_sdk::testing::{MockHost, TestFilter, TestRequest};
-use spindle_sdk::{Action, AttemptAction, AttemptError, AttemptOutcome, Filter, Hooks};
+use spindle_sdk::{
+    Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, Filter, Hooks,
+};
 
 use crate::{Retry, idempotent};
 
@@ -35,6 +37,35 @@ fn hooks_depend_on_the_attempt_header() {
     assert_eq!(with_timeout.hooks(), Hooks::ATTEMPT);
     let with_header = load(&host, json!({"attempt_header": true}));
     assert_eq!(with_header.hooks(), Hooks::REQUEST.union(Hooks::ATTEMPT));
+}
+
+#[test]
+fn asks_for_failures_only_when_nothing_else_matters() {
+    let host = MockHost::new();
+    let outcomes = |config| load(&host, config).attempt_outcomes();
+    // The default retry_on names host failures only, and there is no budget.
+    assert_eq!(outcomes(json!({})), AttemptOutcomes::FailuresAndRecoveries);
+    assert_eq!(
+        outcomes(json!({"retry_on": ["gateway-error", "retriable-status:500"]})),
+        AttemptOutcomes::FailuresAndRecoveries
+    );
+    // A budget counts every first attempt; a 429 is no failure to the host.
+    assert_eq!(
+        outcomes(json!({"budget_percent": 20})),
+        AttemptOutcomes::All
+    );
+    assert_eq!(
+        outcomes(json!({"retry_on": ["5xx", "retriable-status:429"]})),
+        AttemptOutcomes::All
+    );
+
+    // Through the mock host, which applies the declaration: a 503 is shown, and retried.
+    let id = host.add_endpoint("api", "10.0.0.1:80", 1);
+    let mut r = load(&host, json!({}));
+    host.start_request(TestRequest::get("/"));
+    assert!(retries(
+        r.on_attempt(&AttemptOutcome::response("api", id, 1, 503))
+    ));
 }
 
 #[test]
