@@ -19,8 +19,9 @@
 //!   `n = 3` is the quickstart's `api` cluster.
 //! - `chain/quickstart`: everything the router, balancer, retry, breaker chain
 //!   does for one request whose first attempt gets a 200, except network I/O
-//!   (`chain::handle_without_io`): 3 hook calls (router, pick, retry; the
-//!   breaker sees no 200 on a healthy endpoint) plus the host's own work.
+//!   (`chain::handle_without_io`): 2 hook calls (router, pick; the retry,
+//!   without a budget here, and the breaker see no 200 on a healthy
+//!   endpoint) plus the host's own work.
 //!   `chain/router_only`: the same with the router alone (1 hook call, the
 //!   host's round robin), to tell the host's share from the filters'.
 //! - `pool/cycle_instance`: an instance checked out of a pool and back in.
