@@ -26,6 +26,15 @@ pub fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
     sys::cluster_stats(cluster)
 }
 
+/// Requests the host sent to `cluster` (their first attempts, from every listener) over the
+/// last `window` of its monotonic clock, rounded up to whole seconds, the current second
+/// included; at most the last 60 seconds. 0 when the cluster is unknown. A retry budget reads
+/// its request count here instead of counting requests in a hook.
+pub fn cluster_requests(cluster: &str, window: Duration) -> u64 {
+    let seconds = window.as_millis().div_ceil(1000).clamp(1, 60) as u32;
+    sys::cluster_requests(cluster, seconds)
+}
+
 /// Ejects an endpoint from its cluster's balancing set for `duration` (whole milliseconds,
 /// saturating at `u32::MAX` ms). Returns false when the endpoint is unknown.
 pub fn eject_endpoint(id: u32, duration: Duration) -> bool {

@@ -58,8 +58,10 @@ pub trait Filter: Sized + 'static {
     }
 
     /// Which outcomes [`on_attempt`](Filter::on_attempt) is called with:
-    /// [`AttemptOutcomes::All`] (the default), or only failures and recoveries
-    /// ([`AttemptOutcomes::FailuresAndRecoveries`]). Declared once, at init.
+    /// [`AttemptOutcomes::All`](crate::AttemptOutcomes::All) (the default), or only failures and
+    /// recoveries
+    /// ([`FailuresAndRecoveries`](crate::AttemptOutcomes::FailuresAndRecoveries)).
+    /// Declared once, at init.
     fn attempt_outcomes(&self) -> crate::AttemptOutcomes {
         crate::AttemptOutcomes::All
     }

@@ -35,23 +35,21 @@
 //!
 //! With `budget_percent`, retries to a cluster may not exceed `budget_percent`% of its requests
 //! over the last `budget_window_ms`, plus `budget_min_per_second` per second of the window (so
-//! a quiet cluster can still retry), as linkerd2-proxy's and Finagle's budgets. Requests and
-//! retries are counted per cluster in one-second buckets of the host's shared store
-//! (`spindle.retry.<cluster>.{requests,retries}.<second>`), so every instance shares one budget.
-//! A retry first takes its slot (an atomic add) and gives it back if the budget is exceeded, so
-//! concurrent instances cannot overdraw it together. Requests are added to the store in batches
-//! of 16 per instance (one store call per 16 requests); a retry first adds its instance's batch
-//! so far, so at most 15 requests per other instance can be missing from the count (making the
-//! budget slightly stricter while a cluster's traffic starts). A retry refused for want of
+//! a quiet cluster can still retry), as linkerd2-proxy's and Finagle's budgets. Requests are the
+//! host's count ([`endpoints::cluster_requests`]: first attempts to the cluster, from every
+//! listener, per second); retries are counted per cluster in one-second buckets of the host's
+//! shared store (`spindle.retry.<cluster>.retries.<second>`), so every instance shares one
+//! budget. A retry first takes its slot (an atomic add) and gives it back if the budget is
+//! exceeded, so concurrent instances cannot overdraw it together. A retry refused for want of
 //! budget is counted in `spindle_filter_<name>_budget_exhausted_total{cluster}` and the outcome
 //! is kept.
 //!
 //! # Outcomes it sees
 //!
-//! Without a budget (which counts every first attempt) and with a `retry_on` that names only
-//! failures the host counts as such (no `retriable-status:` below 500), the filter declares
-//! [`AttemptOutcomes::FailuresAndRecoveries`]: the host skips its `on_attempt` for successes
-//! on healthy endpoints, which it would leave alone anyway.
+//! With a `retry_on` that names only failures the host counts as such (no `retriable-status:`
+//! below 500), the filter declares [`AttemptOutcomes::FailuresAndRecoveries`]: the host skips
+//! its `on_attempt` for successes on healthy endpoints, which it would leave alone anyway (the
+//! budget does not count requests itself).
 //!
 //! # Attempt header
 //!
@@ -74,7 +72,7 @@ use serde::Deserialize;
 use spindle_sdk::metrics::Counter;
 use spindle_sdk::{
     Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, Filter, Hooks, InitError,
-    Request, random, store, time,
+    Request, endpoints, random, store, time,
 };
 
 /// The request header carrying the attempt number, with `attempt_header = true`.
@@ -213,21 +211,15 @@ struct Budget {
     min_retries: f64,
     /// The window in one-second buckets.
     buckets: u64,
-    /// Requests this instance counted but has not yet added to the store, by cluster.
-    unsent: Vec<(String, i64)>,
 }
-
-/// Requests an instance counts before it adds them to the shared store: one store call per
-/// this many requests instead of one per request.
-const REQUEST_BATCH: i64 = 16;
 
 /// The TTL of a budget bucket: the window plus one bucket, so that a full window is readable.
 fn bucket_ttl(budget: &Budget) -> Duration {
     Duration::from_secs(budget.buckets + 1)
 }
 
-fn bucket_key(cluster: &str, kind: &str, second: u64) -> String {
-    format!("spindle.retry.{cluster}.{kind}.{second}")
+fn bucket_key(cluster: &str, second: u64) -> String {
+    format!("spindle.retry.{cluster}.retries.{second}")
 }
 
 impl Budget {
@@ -235,50 +227,23 @@ impl Budget {
         time::monotonic_ns() / 1_000_000_000
     }
 
-    /// Counts a request to `cluster` (its first attempt), in batches of [`REQUEST_BATCH`].
-    fn record_request(&mut self, cluster: &str) {
-        let i = match self.unsent.iter().position(|(c, _)| c == cluster) {
-            Some(i) => i,
-            None => {
-                self.unsent.push((cluster.to_owned(), 0));
-                self.unsent.len() - 1
-            }
-        };
-        self.unsent[i].1 += 1;
-        if self.unsent[i].1 >= REQUEST_BATCH {
-            self.send_requests(cluster);
-        }
-    }
-
-    /// Adds the requests counted for `cluster` to the store's current bucket.
-    fn send_requests(&mut self, cluster: &str) {
-        let Some((_, count)) = self.unsent.iter_mut().find(|(c, _)| c == cluster) else {
-            return;
-        };
-        if *count > 0 {
-            let key = bucket_key(cluster, "requests", Budget::second());
-            store::add(&key, std::mem::take(count), bucket_ttl(self));
-        }
-    }
-
-    /// The sum of a kind's buckets over the window.
-    fn window_sum(&self, cluster: &str, kind: &str, now: u64) -> i64 {
+    /// Retries taken over the window.
+    fn retries(&self, cluster: &str, now: u64) -> i64 {
         (0..self.buckets)
             .filter_map(|back| now.checked_sub(back))
-            .map(|second| store::counter(&bucket_key(cluster, kind, second)))
+            .map(|second| store::counter(&bucket_key(cluster, second)))
             .sum()
     }
 
     /// Takes one retry from the budget of `cluster`; false (and nothing taken) when it is spent.
     fn withdraw(&mut self, cluster: &str) -> bool {
-        // This instance's own requests count before it judges.
-        self.send_requests(cluster);
         let now = Budget::second();
-        let key = bucket_key(cluster, "retries", now);
+        let key = bucket_key(cluster, now);
         // Take the slot first, then check: two instances racing for the last slot cannot both win.
         store::add(&key, 1, bucket_ttl(self));
-        let retries = self.window_sum(cluster, "retries", now) as f64;
-        let requests = self.window_sum(cluster, "requests", now) as f64;
+        let retries = self.retries(cluster, now) as f64;
+        let window = Duration::from_secs(self.buckets);
+        let requests = endpoints::cluster_requests(cluster, window) as f64;
         if retries <= self.min_retries + self.ratio * requests {
             return true;
         }
@@ -401,7 +366,6 @@ impl Filter for Retry {
             ratio: percent / 100.0,
             min_retries: f64::from(config.budget_min_per_second) * buckets as f64,
             buckets,
-            unsent: Vec::new(),
         });
         let counter = |name: &str, help: &str, labels: &[&str]| {
             Counter::new(name, help, labels)
@@ -448,15 +412,15 @@ impl Filter for Retry {
         self.per_try_timeout
     }
 
-    /// Without a budget (which counts every first attempt), a retry filter whose `retry_on`
-    /// names only failures the host counts as such (errors, statuses from 500) has nothing to
-    /// do with other outcomes: it asks the host for failures and recoveries only.
+    /// A retry filter whose `retry_on` names only failures the host counts as such (errors,
+    /// statuses from 500) has nothing to do with other outcomes (its budget reads the request
+    /// count from the host): it asks the host for failures and recoveries only.
     fn attempt_outcomes(&self) -> AttemptOutcomes {
         let only_host_failures = self
             .retry_on
             .iter()
             .all(|on| !matches!(on, RetryOn::Status(code) if *code < 500));
-        if self.budget.is_none() && only_host_failures {
+        if only_host_failures {
             AttemptOutcomes::FailuresAndRecoveries
         } else {
             AttemptOutcomes::All
@@ -471,11 +435,6 @@ impl Filter for Retry {
     }
 
     fn on_attempt(&mut self, outcome: &AttemptOutcome) -> AttemptAction {
-        if outcome.attempt == 1
-            && let Some(budget) = &mut self.budget
-        {
-            budget.record_request(&outcome.cluster);
-        }
         if !outcome.retryable_body || outcome.attempt >= self.attempts {
             return AttemptAction::Done;
         }

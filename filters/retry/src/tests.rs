@@ -43,17 +43,18 @@ fn hooks_depend_on_the_attempt_header() {
 fn asks_for_failures_only_when_nothing_else_matters() {
     let host = MockHost::new();
     let outcomes = |config| load(&host, config).attempt_outcomes();
-    // The default retry_on names host failures only, and there is no budget.
+    // The default retry_on names host failures only; a budget reads its request count from the
+    // host, so it needs no success either.
     assert_eq!(outcomes(json!({})), AttemptOutcomes::FailuresAndRecoveries);
+    assert_eq!(
+        outcomes(json!({"budget_percent": 20})),
+        AttemptOutcomes::FailuresAndRecoveries
+    );
     assert_eq!(
         outcomes(json!({"retry_on": ["gateway-error", "retriable-status:500"]})),
         AttemptOutcomes::FailuresAndRecoveries
     );
-    // A budget counts every first attempt; a 429 is no failure to the host.
-    assert_eq!(
-        outcomes(json!({"budget_percent": 20})),
-        AttemptOutcomes::All
-    );
+    // A 429 is no failure to the host: such a filter sees every outcome.
     assert_eq!(
         outcomes(json!({"retry_on": ["5xx", "retriable-status:429"]})),
         AttemptOutcomes::All
@@ -342,28 +343,23 @@ fn budget_is_shared_by_instances_and_per_cluster() {
 }
 
 #[test]
-fn requests_reach_the_store_in_batches() {
+fn the_budget_reads_requests_from_the_host() {
     let host = MockHost::new();
-    let mut r = load(&host, json!({"budget_percent": 10}));
+    let mut r = load(
+        &host,
+        json!({"budget_percent": 10, "budget_min_per_second": 0}),
+    );
     host.start_request(TestRequest::get("/"));
-    let key = format!(
-        "spindle.retry.api.requests.{}",
-        host.monotonic_ns() / 1_000_000_000
-    );
-    for _ in 0..15 {
-        r.on_attempt(&status(1, 200));
-    }
+    // Requests the host sent to the cluster count whether or not this filter saw them.
+    host.add_requests("api", 9);
     assert_eq!(
-        host.store_counter(&key),
-        None,
-        "15 requests are still counted locally"
+        spindle_sdk::endpoints::cluster_requests("api", Duration::from_secs(10)),
+        9
     );
-    r.on_attempt(&status(1, 200));
-    assert_eq!(host.store_counter(&key), Some(16));
-    // Retries are not batched: a retry first adds this instance's requests, then judges.
-    r.on_attempt(&status(1, 200));
+    // With the failing request itself, 10 requests: one retry is 10%.
     assert!(retries(r.on_attempt(&status(1, 503))));
-    assert_eq!(host.store_counter(&key), Some(18));
+    assert!(!retries(r.on_attempt(&status(1, 503))));
+    assert_eq!(host.counter("budget_exhausted_total", &["api"]), 1.0);
 }
 
 #[test]

@@ -262,6 +262,9 @@ impl Run<'_> {
             Err(r) => return Err(Box::new(Outcome::Local(*r))),
         };
         self.endpoint = Some(endpoint.clone());
+        if attempt == 1 {
+            cluster.requests.record(self.proxy.upstreams.now_secs());
+        }
         if let Some(trace) = self.ctx().trace.as_mut() {
             trace::attempt_endpoint(trace, &cluster.name, &endpoint);
         }

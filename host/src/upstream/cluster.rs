@@ -174,6 +174,63 @@ impl Drop for InFlight {
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// Seconds a [`RequestWindow`] remembers.
+pub const REQUEST_WINDOW_SECONDS: u64 = 60;
+const WINDOW_SLOTS: usize = 64;
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+/// A cluster's requests per second over the last minute, for retry budgets: one slot per
+/// second (modulo 64), each packing its second and its count in one atomic, so that counting
+/// a request is one compare-and-swap and nothing is ever locked.
+pub struct RequestWindow {
+    slots: [AtomicU64; WINDOW_SLOTS],
+}
+
+impl Default for RequestWindow {
+    fn default() -> Self {
+        Self {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl RequestWindow {
+    /// Counts one request in `second`.
+    pub fn record(&self, second: u64) {
+        let slot = &self.slots[(second % WINDOW_SLOTS as u64) as usize];
+        let stamp = (second + 1) << COUNT_BITS;
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let next = if current & !COUNT_MASK == stamp {
+                // Saturates rather than spill into the stamp (16.7M requests in a second).
+                current + u64::from(current & COUNT_MASK < COUNT_MASK)
+            } else {
+                stamp | 1
+            };
+            match slot.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Requests over the `seconds` seconds up to `now` (its own included), at most 60.
+    pub fn sum(&self, now: u64, seconds: u64) -> u64 {
+        (0..seconds.clamp(1, REQUEST_WINDOW_SECONDS))
+            .filter_map(|back| now.checked_sub(back))
+            .map(|second| {
+                let v = self.slots[(second % WINDOW_SLOTS as u64) as usize].load(Ordering::Relaxed);
+                if v & !COUNT_MASK == (second + 1) << COUNT_BITS {
+                    v & COUNT_MASK
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+}
+
 /// The members of a cluster that may be picked, with the generation they belong to.
 pub struct Healthy {
     pub generation: u64,
@@ -194,6 +251,8 @@ pub struct Cluster {
     /// Requests in flight to all members, see [`Cluster::in_flight`].
     in_flight: Arc<AtomicU32>,
     pub duration: Histogram,
+    /// Requests (first attempts) per second, for `cluster-requests`.
+    pub requests: RequestWindow,
     membership: std::sync::Mutex<()>,
     cursor: std::sync::atomic::AtomicUsize,
 }
@@ -295,6 +354,11 @@ impl Upstreams {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Host-monotonic whole seconds (as filters see `monotonic-ns` / 1e9).
+    pub fn now_secs(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
     pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
         self.clusters.load().get(name).cloned()
     }
@@ -340,6 +404,7 @@ impl Upstreams {
                         retries: AtomicU64::new(0),
                         in_flight: Arc::new(AtomicU32::new(0)),
                         duration: Histogram::default(),
+                        requests: RequestWindow::default(),
                         membership: std::sync::Mutex::new(()),
                         cursor: Default::default(),
                     })
@@ -608,6 +673,30 @@ mod tests {
                 .join(",")
         );
         toml::from_str(&text).expect("cluster config")
+    }
+
+    #[test]
+    fn request_windows_count_per_second_and_forget_old_seconds() {
+        let w = RequestWindow::default();
+        for _ in 0..3 {
+            w.record(100);
+        }
+        w.record(101);
+        w.record(159);
+        assert_eq!(w.sum(159, 60), 5, "seconds 100 to 159");
+        assert_eq!(w.sum(159, 59), 2, "seconds 101 to 159");
+        assert_eq!(w.sum(101, 1), 1);
+        assert_eq!(w.sum(101, 2), 4);
+        // Second 164 takes second 100's slot: the old count is not added to it.
+        w.record(164);
+        assert_eq!(w.sum(164, 1), 1);
+        assert_eq!(
+            w.sum(164, 60),
+            2,
+            "seconds 105 to 164: 159 and 164 (101 is too old)"
+        );
+        assert_eq!(w.sum(5, 60), 0, "nothing was counted that early");
+        assert_eq!(w.sum(159, 1000), w.sum(159, 60), "at most a minute");
     }
 
     #[tokio::test]

@@ -358,6 +358,13 @@ impl Host for HostState {
         })
     }
 
+    fn cluster_requests(&mut self, cluster: String, seconds: u32) -> u64 {
+        self.env.upstreams.cluster(&cluster).map_or(0, |c| {
+            c.requests
+                .sum(self.env.upstreams.now_secs(), u64::from(seconds))
+        })
+    }
+
     fn eject_endpoint(&mut self, id: u32, ms: u32) -> bool {
         self.env.upstreams.eject(id, ms)
     }

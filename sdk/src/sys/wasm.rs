@@ -117,6 +117,9 @@ pub(crate) fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
         in_flight: s.in_flight,
     })
 }
+pub(crate) fn cluster_requests(cluster: &str, seconds: u32) -> u64 {
+    host::cluster_requests(cluster, seconds)
+}
 pub(crate) fn eject_endpoint(id: u32, ms: u32) -> bool {
     host::eject_endpoint(id, ms)
 }

@@ -130,7 +130,9 @@ impl<F: Filter> TestFilter<F> {
     }
 
     /// Runs `on_attempt` with this outcome, as the host would: first records it in its
-    /// endpoint's statistics (`total_requests`, `total_failures`, `consecutive_failures`), then
+    /// endpoint's statistics (`total_requests`, `total_failures`, `consecutive_failures`) and,
+    /// for a first attempt, as a request to its cluster
+    /// ([`endpoints::cluster_requests`](crate::endpoints::cluster_requests)), then
     /// calls the hook, unless the filter has none or declared
     /// [`AttemptOutcomes::FailuresAndRecoveries`](crate::AttemptOutcomes::FailuresAndRecoveries)
     /// and the outcome is neither.

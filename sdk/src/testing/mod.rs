@@ -291,6 +291,18 @@ impl MockHost {
         })
     }
 
+    /// Counts `n` requests to `cluster` in the current second, as the host counts first
+    /// attempts for [`endpoints::cluster_requests`](crate::endpoints::cluster_requests) (the
+    /// driver's `on_attempt` counts each first attempt it is given as well).
+    pub fn add_requests(&self, cluster: &str, n: u64) {
+        with(|s| {
+            let second = s.monotonic_ns / 1_000_000_000;
+            *s.cluster_requests
+                .entry((cluster.to_owned(), second))
+                .or_default() += n;
+        });
+    }
+
     /// Removes an endpoint (as discovery would).
     pub fn remove_endpoint(&self, id: u32) {
         with(|s| {

@@ -27,6 +27,8 @@ pub(crate) struct State {
     pub(crate) endpoints: BTreeMap<u32, EndpointState>,
     pub(crate) next_endpoint_id: u32,
     pub(crate) ejections: Vec<(u32, u32)>,
+    /// Requests (first attempts) per cluster and monotonic second.
+    pub(crate) cluster_requests: HashMap<(String, u64), u64>,
     pub(crate) metrics: Vec<MetricDef>,
     pub(crate) series: HashMap<(u32, Vec<String>), Series>,
     pub(crate) store: HashMap<String, StoreEntry>,
@@ -50,6 +52,7 @@ impl Default for State {
             endpoints: BTreeMap::new(),
             next_endpoint_id: 1,
             ejections: Vec::new(),
+            cluster_requests: HashMap::new(),
             metrics: Vec::new(),
             series: HashMap::new(),
             store: HashMap::new(),

@@ -217,6 +217,11 @@ pub(crate) fn record_outcome(outcome: &crate::AttemptOutcome) -> bool {
     let failed = crate::AttemptOutcomes::is_host_failure(outcome);
     with(|s| {
         let now = s.monotonic_ns;
+        if outcome.attempt == 1 {
+            *s.cluster_requests
+                .entry((outcome.cluster.clone(), now / 1_000_000_000))
+                .or_default() += 1;
+        }
         let Some(e) = s.endpoints.get_mut(&outcome.endpoint) else {
             return true;
         };
@@ -232,6 +237,16 @@ pub(crate) fn record_outcome(outcome: &crate::AttemptOutcome) -> bool {
             e.recovering = false;
         }
         had_failed || recovered
+    })
+}
+
+pub(crate) fn cluster_requests(cluster: &str, seconds: u32) -> u64 {
+    with(|s| {
+        let now = s.monotonic_ns / 1_000_000_000;
+        (0..u64::from(seconds.clamp(1, 60)))
+            .filter_map(|back| now.checked_sub(back))
+            .filter_map(|second| s.cluster_requests.get(&(cluster.to_owned(), second)))
+            .sum()
     })
 }
 
