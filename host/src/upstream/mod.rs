@@ -1,5 +1,5 @@
-//! Upstream clusters: membership, endpoint stats, ejection, pooled clients
-//! and the request bodies sent to them.
+//! Upstream clusters: membership, endpoint stats, ejection, each endpoint's
+//! connections, and the request and response bodies sent through them.
 
 mod body;
 mod cluster;
@@ -7,6 +7,4 @@ mod pool;
 
 pub use self::body::{DownBody, UpBody};
 pub use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};
-pub use self::pool::{
-    ConnStats, IDLE_TIMEOUT, PoolSettings, SendError, UpstreamBody, discard, send,
-};
+pub use self::pool::{ConnStats, PoolSettings, SendError, UpstreamBody, discard, send};
