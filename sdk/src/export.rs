@@ -26,6 +26,9 @@ thread_local! {
     // The instance's filter, set by `init`. A component instance is single-threaded and the host
     // never re-enters it, so the borrow below is never contended.
     static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    // The names of the clusters `endpoints-changed` told this instance about, by the ids that
+    // `pick-context` names them with.
+    static CLUSTERS: RefCell<Vec<(u32, String)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on the instance's filter; `default` before a successful `init`.
@@ -85,7 +88,14 @@ impl<F: Filter> Guest for Adapter<F> {
         }
     }
 
-    fn endpoints_changed(cluster: String, endpoints: Vec<wt::Endpoint>) {
+    fn endpoints_changed(cluster_id: u32, cluster: String, endpoints: Vec<wt::Endpoint>) {
+        CLUSTERS.with(|c| {
+            let mut c = c.borrow_mut();
+            match c.iter_mut().find(|(id, _)| *id == cluster_id) {
+                Some((_, name)) => name.clone_from(&cluster),
+                None => c.push((cluster_id, cluster.clone())),
+            }
+        });
         let endpoints: Vec<Endpoint> = endpoints
             .into_iter()
             .map(|e| Endpoint {
@@ -100,8 +110,16 @@ impl<F: Filter> Guest for Adapter<F> {
     }
 
     fn pick_endpoint(ctx: wt::PickContext) -> Option<u32> {
+        // The host names the cluster before its first pick; unknown, the host's own choice
+        // applies.
+        let cluster = CLUSTERS.with(|c| {
+            c.borrow()
+                .iter()
+                .find(|(id, _)| *id == ctx.cluster_id)
+                .map(|(_, name)| name.clone())
+        })?;
         let ctx = PickContext {
-            cluster: ctx.cluster,
+            cluster,
             attempt: ctx.attempt,
             previous: ctx.previous,
         };

@@ -173,6 +173,7 @@ impl Drop for InFlight {
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
+static NEXT_CLUSTER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Seconds a [`RequestWindow`] remembers.
 pub const REQUEST_WINDOW_SECONDS: u64 = 60;
@@ -240,6 +241,9 @@ pub struct Healthy {
 /// An upstream cluster.
 pub struct Cluster {
     pub name: Arc<str>,
+    /// Names the cluster to balancers in `pick-context`; a cluster removed and defined again
+    /// gets a new one.
+    pub id: u32,
     pub settings: ArcSwap<ClusterConfig>,
     members: ArcSwap<Vec<Arc<Endpoint>>>,
     healthy: ArcSwap<Healthy>,
@@ -393,6 +397,7 @@ impl Upstreams {
                     let connections = Arc::new(ConnStats::default());
                     Arc::new(Cluster {
                         name: Arc::from(name.as_str()),
+                        id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
                         settings: ArcSwap::from_pointee(cfg.clone()),
                         members: ArcSwap::from_pointee(Vec::new()),
                         healthy: ArcSwap::from_pointee(Healthy {

@@ -367,6 +367,7 @@ impl FilterModule {
                 s.store.set_epoch_deadline(timeout_ms * 10);
                 s.bindings.spindle_filter_filter().call_endpoints_changed(
                     &mut s.store,
+                    cluster.id,
                     &cluster.name,
                     &list,
                 )?;
@@ -377,13 +378,13 @@ impl FilterModule {
                 }
             }
             let ctx = PickContext {
-                cluster: cluster.name.to_string(),
+                cluster_id: cluster.id,
                 attempt,
                 previous,
             };
             s.bindings
                 .spindle_filter_filter()
-                .call_pick_endpoint(&mut s.store, &ctx)
+                .call_pick_endpoint(&mut s.store, ctx)
         })
     }
 
