@@ -176,7 +176,7 @@ static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
 static NEXT_CLUSTER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Seconds a [`RequestWindow`] remembers.
-pub const REQUEST_WINDOW_SECONDS: u64 = 60;
+const REQUEST_WINDOW_SECONDS: u64 = 60;
 const WINDOW_SLOTS: usize = 64;
 const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
@@ -199,8 +199,7 @@ impl Default for RequestWindow {
 impl RequestWindow {
     /// Counts one request in `second`.
     pub fn record(&self, second: u64) {
-        let slot = &self.slots[(second % WINDOW_SLOTS as u64) as usize];
-        let stamp = (second + 1) << COUNT_BITS;
+        let (slot, stamp) = self.slot(second);
         let mut current = slot.load(Ordering::Relaxed);
         loop {
             let next = if current & !COUNT_MASK == stamp {
@@ -221,14 +220,24 @@ impl RequestWindow {
         (0..seconds.clamp(1, REQUEST_WINDOW_SECONDS))
             .filter_map(|back| now.checked_sub(back))
             .map(|second| {
-                let v = self.slots[(second % WINDOW_SLOTS as u64) as usize].load(Ordering::Relaxed);
-                if v & !COUNT_MASK == (second + 1) << COUNT_BITS {
+                let (slot, stamp) = self.slot(second);
+                let v = slot.load(Ordering::Relaxed);
+                if v & !COUNT_MASK == stamp {
                     v & COUNT_MASK
                 } else {
                     0
                 }
             })
             .sum()
+    }
+
+    /// The slot of `second`, and the stamp that marks it as that second's (never 0, the
+    /// value of a slot not used yet).
+    fn slot(&self, second: u64) -> (&AtomicU64, u64) {
+        (
+            &self.slots[(second % WINDOW_SLOTS as u64) as usize],
+            (second + 1) << COUNT_BITS,
+        )
     }
 }
 

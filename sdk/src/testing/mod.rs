@@ -295,12 +295,7 @@ impl MockHost {
     /// attempts for [`endpoints::cluster_requests`](crate::endpoints::cluster_requests) (the
     /// driver's `on_attempt` counts each first attempt it is given as well).
     pub fn add_requests(&self, cluster: &str, n: u64) {
-        with(|s| {
-            let second = s.monotonic_ns / 1_000_000_000;
-            *s.cluster_requests
-                .entry((cluster.to_owned(), second))
-                .or_default() += n;
-        });
+        with(|s| s.count_requests(cluster, n));
     }
 
     /// Removes an endpoint (as discovery would).

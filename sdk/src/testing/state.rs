@@ -92,6 +92,17 @@ pub(crate) struct EndpointState {
     pub(crate) recovering: bool,
 }
 
+impl State {
+    /// Counts `n` requests to `cluster` in the current monotonic second.
+    pub(crate) fn count_requests(&mut self, cluster: &str, n: u64) {
+        let second = self.monotonic_ns / 1_000_000_000;
+        *self
+            .cluster_requests
+            .entry((cluster.to_owned(), second))
+            .or_default() += n;
+    }
+}
+
 impl EndpointState {
     pub(crate) fn ejected(&self, now_ns: u64) -> bool {
         self.ejected_until_ns > now_ns

@@ -218,9 +218,7 @@ pub(crate) fn record_outcome(outcome: &crate::AttemptOutcome) -> bool {
     with(|s| {
         let now = s.monotonic_ns;
         if outcome.attempt == 1 {
-            *s.cluster_requests
-                .entry((outcome.cluster.clone(), now / 1_000_000_000))
-                .or_default() += 1;
+            s.count_requests(&outcome.cluster, 1);
         }
         let Some(e) = s.endpoints.get_mut(&outcome.endpoint) else {
             return true;
