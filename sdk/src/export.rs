@@ -7,13 +7,13 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::filter::{Filter, Hooks};
-use crate::runtime;
 use crate::types::{
     Action, AttemptAction, AttemptError, AttemptOutcome, AttemptOutcomes, Endpoint, PickContext,
     RequestSummary, millis_u32,
 };
 use crate::wit::exports::spindle::filter::filter::Guest;
 use crate::wit::spindle::filter::types as wt;
+use crate::{runtime, sys};
 
 #[doc(hidden)]
 pub use crate::wit::__export_spindle_filter as export;
@@ -76,7 +76,8 @@ impl<F: Filter> Guest for Adapter<F> {
         Ok(declaration)
     }
 
-    fn on_request() -> wt::RequestAction {
+    fn on_request(traced: bool) -> wt::RequestAction {
+        sys::set_traced(traced);
         match with(Action::Continue, runtime::on_request::<F>) {
             Action::Continue => wt::RequestAction::Continue,
             Action::Respond(reply) => wt::RequestAction::Respond(wt::LocalReply {
@@ -118,15 +119,18 @@ impl<F: Filter> Guest for Adapter<F> {
                 .find(|(id, _)| *id == ctx.cluster_id)
                 .map(|(_, name)| name.clone())
         })?;
+        sys::set_traced(ctx.traced);
         let ctx = PickContext {
             cluster,
             attempt: ctx.attempt,
             previous: ctx.previous,
+            ticket: ctx.ticket,
         };
         with(None, |f: &mut F| runtime::pick_endpoint(f, &ctx))
     }
 
-    fn on_attempt(outcome: wt::AttemptOutcome) -> wt::AttemptAction {
+    fn on_attempt(outcome: wt::AttemptOutcome, traced: bool) -> wt::AttemptAction {
+        sys::set_traced(traced);
         let outcome = AttemptOutcome {
             cluster: outcome.cluster,
             endpoint: outcome.endpoint,
@@ -150,11 +154,13 @@ impl<F: Filter> Guest for Adapter<F> {
         }
     }
 
-    fn on_response() {
+    fn on_response(traced: bool) {
+        sys::set_traced(traced);
         with((), runtime::on_response::<F>);
     }
 
-    fn on_done(summary: wt::RequestSummary) {
+    fn on_done(summary: wt::RequestSummary, traced: bool) {
+        sys::set_traced(traced);
         let summary = RequestSummary {
             status: summary.status,
             cluster: summary.cluster,

@@ -117,6 +117,12 @@ pub struct PickContext {
     pub attempt: u32,
     /// The endpoint of the previous attempt, if it failed.
     pub previous: Option<u32>,
+    /// This pick's number among the cluster's picks: the host counts every pick of the cluster
+    /// (first attempts and retries, from every listener and instance) from 0, so consecutive
+    /// picks get consecutive tickets: round robin needs no shared counter of its own. The mock
+    /// host ([`TestFilter::pick_with`](crate::testing::TestFilter::pick_with)) numbers picks
+    /// per cluster the same way.
+    pub ticket: u64,
 }
 
 impl PickContext {

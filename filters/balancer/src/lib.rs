@@ -17,9 +17,9 @@
 //!
 //! - `round_robin` (default): smooth weighted round robin, nginx-style. An endpoint of weight 5
 //!   next to two of weight 1 is picked `a a b a c a a`, never five times in a row. The schedule
-//!   of each cluster is computed when its endpoints change; the cursor into it is a counter in
-//!   the host's shared store, so the order holds across the host's pool of instances (each hook
-//!   may run in a different one). Weights are reduced by their gcd, and a schedule longer than
+//!   of each cluster is computed when its endpoints change; the cursor into it is the pick's
+//!   `ticket`, which the host numbers per cluster, so the order holds across the host's pool of
+//!   instances (each hook may run in a different one) without a store call. Weights are reduced by their gcd, and a schedule longer than
 //!   4096 picks is scaled down proportionally (every endpoint keeps at least one slot).
 //! - `random`: weighted random, with the host's randomness (a binary search over cumulative
 //!   weights).
@@ -53,7 +53,7 @@ mod ring;
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use spindle_sdk::{Endpoint, Filter, InitError, PickContext, endpoints, random, store, time};
+use spindle_sdk::{Endpoint, Filter, InitError, PickContext, endpoints, random, time};
 
 use crate::ewma::Estimate;
 use crate::ring::Ring;
@@ -231,15 +231,13 @@ fn two_choices(len: usize, avoid: Option<usize>) -> Option<(usize, Option<usize>
 }
 
 impl Balancer {
-    fn round_robin(cluster: &str, table: &Table, avoid: Option<usize>) -> Option<usize> {
+    fn round_robin(ticket: u64, table: &Table, avoid: Option<usize>) -> Option<usize> {
         let len = table.schedule.len();
         if len == 0 {
             return None;
         }
-        // One counter per cluster for the whole host: exact order across instances.
-        let key = format!("spindle.balancer.rr.{cluster}");
-        let ticket = store::add(&key, 1, store::FOREVER) - 1;
-        let start = usize::try_from(ticket.rem_euclid(len as i64)).unwrap_or(0);
+        // The host numbers the cluster's picks: exact order across instances.
+        let start = usize::try_from(ticket % len as u64).unwrap_or(0);
         (0..len)
             .map(|i| table.schedule[(start + i) % len])
             .find(|&i| Some(i) != avoid)
@@ -402,7 +400,7 @@ impl Filter for Balancer {
             .position(ctx.previous)
             .filter(|_| table.endpoints.len() > 1);
         let index = match self.policy {
-            Policy::RoundRobin => Balancer::round_robin(&ctx.cluster, table, avoid),
+            Policy::RoundRobin => Balancer::round_robin(ctx.ticket, table, avoid),
             Policy::Random => Balancer::random(table, avoid),
             Policy::LeastRequest => Balancer::least_request(table, avoid),
             Policy::RingHash => Balancer::ring_hash(self.hash_header.as_deref(), ctx, table, avoid),

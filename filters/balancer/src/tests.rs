@@ -27,6 +27,7 @@ fn retry(cluster: &str, previous: u32) -> PickContext {
         cluster: cluster.to_owned(),
         attempt: 2,
         previous: Some(previous),
+        ticket: 0,
     }
 }
 

@@ -80,6 +80,7 @@ pub async fn handle(
         ctx: &mut ctx,
         attempts: 0,
         endpoint: None,
+        cluster: None,
     };
     let (status, resp) = run.respond(body).await;
     let duration = start.elapsed();
@@ -120,6 +121,8 @@ struct Run<'a> {
     attempts: u32,
     /// The endpoint of the last attempt.
     endpoint: Option<Arc<Endpoint>>,
+    /// The last cluster looked up by name.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What the upstream phase produced.
@@ -194,12 +197,19 @@ impl Run<'_> {
         let Some(min) = f.request_min_in_flight else {
             return true;
         };
-        let upstreams = &self.proxy.upstreams;
-        self.ctx()
-            .cluster
-            .as_deref()
-            .and_then(|name| upstreams.cluster(name))
-            .is_some_and(|c| c.in_flight() >= min)
+        self.cluster().is_some_and(|c| c.in_flight() >= min)
+    }
+
+    /// The cluster the request names now, if it is defined: looked up once per name.
+    fn cluster(&mut self) -> Option<Arc<Cluster>> {
+        let ctx = self.ctx.as_ref()?;
+        let name = ctx.cluster.as_deref()?;
+        if let Some(c) = self.cluster.as_ref().filter(|c| &*c.name == name) {
+            return Some(c.clone());
+        }
+        let c = self.proxy.upstreams.cluster(name)?;
+        self.cluster = Some(c.clone());
+        Some(c)
     }
 
     /// The per-try timeout of this request: its own (set by a filter), else the one the last
@@ -227,7 +237,7 @@ impl Run<'_> {
                 &format!("no route for {path}\n"),
             ))));
         };
-        match self.proxy.upstreams.cluster(&cluster_name) {
+        match self.cluster() {
             Some(cluster) => Ok((cluster_name, cluster)),
             None => Err(Box::new(Outcome::Local(local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -245,13 +255,15 @@ impl Run<'_> {
     ) -> Result<(u32, Arc<Endpoint>), Box<Outcome>> {
         self.attempts += 1;
         let attempt = self.attempts;
+        // One clock read for the pick and the request count.
+        let now = self.proxy.upstreams.elapsed();
         if let Some(t) = self.proxy.tracing.get() {
             let ctx = self.ctx();
             if let Some(trace) = ctx.trace.as_mut() {
                 t.start_attempt(trace, &ctx.head.method, attempt);
             }
         }
-        let endpoint = match self.pick(cluster, attempt, previous) {
+        let endpoint = match self.pick(cluster, attempt, previous, now.as_millis() as u64) {
             Ok(Some(e)) => e,
             Ok(None) => {
                 return Err(Box::new(Outcome::Local(local(
@@ -263,7 +275,7 @@ impl Run<'_> {
         };
         self.endpoint = Some(endpoint.clone());
         if attempt == 1 {
-            cluster.requests.record(self.proxy.upstreams.now_secs());
+            cluster.requests.record(now.as_secs());
         }
         if let Some(trace) = self.ctx().trace.as_mut() {
             trace::attempt_endpoint(trace, &cluster.name, &endpoint);
@@ -308,7 +320,12 @@ impl Run<'_> {
             let result = {
                 let _guard = InFlight::new(endpoint.clone());
                 let sending = upstream::send(&endpoint, pool, &cluster.connections, req);
-                tokio::time::timeout(per_try, sending).await
+                // The deadline from `sent`: no second clock read. One past the clock's range
+                // is no deadline.
+                match sent.checked_add(per_try) {
+                    Some(at) => tokio::time::timeout_at(at.into(), sending).await,
+                    None => Ok(sending.await),
+                }
             };
             let latency = sent.elapsed();
             let (kind, resp) = match result {
@@ -368,8 +385,9 @@ impl Run<'_> {
         cluster: &Cluster,
         attempt: u32,
         previous: Option<u32>,
+        now_ms: u64,
     ) -> Result<Option<Arc<Endpoint>>, Box<Response<DownBody>>> {
-        let healthy = cluster.healthy(self.proxy.upstreams.now_ms());
+        let healthy = cluster.healthy(now_ms);
         if healthy.endpoints.is_empty() {
             return Ok(None);
         }
@@ -397,7 +415,7 @@ impl Run<'_> {
     fn record_attempt(&self, endpoint: &Endpoint, kind: AttemptResult, latency: Duration) -> bool {
         endpoint.record(kind, latency)
             || (self.chain.watches_recoveries
-                && endpoint.take_recovery(self.proxy.upstreams.now_ms()))
+                && endpoint.take_recovery(|| self.proxy.upstreams.now_ms()))
     }
 
     /// Every filter with the attempt hook sees the outcome (those that declared
@@ -465,7 +483,7 @@ impl Run<'_> {
             headers.insert(header::HOST, a);
         }
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-            headers.insert(HeaderName::from_static("x-request-id"), v);
+            headers.insert(X_REQUEST_ID, v);
         }
         append_forwarded_for(&mut headers, ctx.client);
         if let Some(t) = &ctx.trace {
@@ -712,14 +730,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+// Named once: a lookup by `&str` parses and hashes the name on every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     let ip = ip_text(client.ip());
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -748,7 +770,7 @@ fn ip_text(ip: std::net::IpAddr) -> String {
 /// The request's id: its own `x-request-id` when usable (1 to 128 bytes of text), else a new one.
 fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map_or_else(new_request_id, str::to_string)

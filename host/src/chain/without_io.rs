@@ -47,6 +47,7 @@ pub async fn handle_without_io(
         ctx: &mut ctx,
         attempts: 0,
         endpoint: None,
+        cluster: None,
     };
     let outcome = match run.request_phase().await {
         Some(resp) => Outcome::Local(resp),

@@ -85,6 +85,11 @@ impl RequestTrace {
         self.attempt.as_mut().unwrap_or(&mut self.server)
     }
 
+    /// Whether the current span records (is sampled): the `traced` filters are told.
+    pub fn is_recording(&mut self) -> bool {
+        self.current().is_recording()
+    }
+
     /// The trace id as 32 hex digits (for logs).
     pub fn trace_id(&self) -> String {
         self.server.span_context().trace_id().to_string()

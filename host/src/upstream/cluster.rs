@@ -147,9 +147,9 @@ impl Endpoint {
 
     /// Whether this success is the first since an ejection of the endpoint ended (its half-open
     /// probe); true once per ejection.
-    pub fn take_recovery(&self, now_ms: u64) -> bool {
+    pub fn take_recovery(&self, now_ms: impl FnOnce() -> u64) -> bool {
         self.recovering.load(Ordering::Relaxed)
-            && !self.is_ejected(now_ms)
+            && !self.is_ejected(now_ms())
             && self.recovering.swap(false, Ordering::Relaxed)
     }
 }
@@ -268,6 +268,8 @@ pub struct Cluster {
     pub requests: RequestWindow,
     membership: std::sync::Mutex<()>,
     cursor: std::sync::atomic::AtomicUsize,
+    /// Picks through balancer filters so far: `pick-context.ticket`.
+    tickets: AtomicU64,
 }
 
 impl Cluster {
@@ -336,6 +338,12 @@ impl Cluster {
         healthy.endpoints[i].clone()
     }
 
+    /// The next pick's ticket (`pick-context.ticket`): 0, 1, 2, ... over every pick of the
+    /// cluster through a balancer filter.
+    pub fn next_ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// In-flight requests over every member.
     /// Requests in flight to the cluster's endpoints (kept as a total, so
     /// that asking costs the same for 3 endpoints as for 1,000).
@@ -360,6 +368,11 @@ impl Upstreams {
             next_id: AtomicU32::new(1),
             start,
         }
+    }
+
+    /// Host-monotonic time: since the host started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 
     /// Host-monotonic milliseconds.
@@ -421,6 +434,7 @@ impl Upstreams {
                         requests: RequestWindow::default(),
                         membership: std::sync::Mutex::new(()),
                         cursor: Default::default(),
+                        tickets: AtomicU64::new(0),
                     })
                 }
             };

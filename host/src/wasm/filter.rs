@@ -332,10 +332,11 @@ impl FilterModule {
         &self,
         req: &mut Option<Box<RequestCtx>>,
     ) -> Result<RequestAction, FilterError> {
+        let traced = traced(req);
         self.call(HOOK_REQUEST, req, |s| {
             s.bindings
                 .spindle_filter_filter()
-                .call_on_request(&mut s.store)
+                .call_on_request(&mut s.store, traced)
         })
     }
 
@@ -350,6 +351,8 @@ impl FilterModule {
         previous: Option<u32>,
     ) -> Result<Option<u32>, FilterError> {
         let timeout_ms = self.spec.call_timeout_ms.max(1);
+        let traced = traced(req);
+        let ticket = cluster.next_ticket();
         self.call(HOOK_PICK, req, |s| {
             let known = s.views.iter().position(|(c, _)| **c == *cluster.name);
             if known.map(|i| s.views[i].1) != Some(healthy.generation) {
@@ -381,6 +384,8 @@ impl FilterModule {
                 cluster_id: cluster.id,
                 attempt,
                 previous,
+                ticket,
+                traced,
             };
             s.bindings
                 .spindle_filter_filter()
@@ -393,18 +398,20 @@ impl FilterModule {
         req: &mut Option<Box<RequestCtx>>,
         outcome: &AttemptOutcome,
     ) -> Result<AttemptAction, FilterError> {
+        let traced = traced(req);
         self.call(HOOK_ATTEMPT, req, |s| {
             s.bindings
                 .spindle_filter_filter()
-                .call_on_attempt(&mut s.store, outcome)
+                .call_on_attempt(&mut s.store, outcome, traced)
         })
     }
 
     pub fn on_response(&self, req: &mut Option<Box<RequestCtx>>) -> Result<(), FilterError> {
+        let traced = traced(req);
         self.call(HOOK_RESPONSE, req, |s| {
             s.bindings
                 .spindle_filter_filter()
-                .call_on_response(&mut s.store)
+                .call_on_response(&mut s.store, traced)
         })
     }
 
@@ -413,12 +420,20 @@ impl FilterModule {
         req: &mut Option<Box<RequestCtx>>,
         summary: &RequestSummary,
     ) -> Result<(), FilterError> {
+        let traced = traced(req);
         self.call(HOOK_DONE, req, |s| {
             s.bindings
                 .spindle_filter_filter()
-                .call_on_done(&mut s.store, summary)
+                .call_on_done(&mut s.store, summary, traced)
         })
     }
+}
+
+/// Whether the request's current span records what filters add: the hooks' `traced`.
+fn traced(req: &mut Option<Box<RequestCtx>>) -> bool {
+    req.as_mut()
+        .and_then(|r| r.trace.as_mut())
+        .is_some_and(|t| t.is_recording())
 }
 
 // Indexes into `FilterMetrics::calls` (see `telemetry::HOOK_NAMES`).

@@ -157,9 +157,20 @@ pub(crate) fn store_delete(key: &str) {
     host::store_delete(key);
 }
 
+thread_local! {
+    // The current hook's `traced`: whether span calls would record. Set on entry to every
+    // request hook; outside one (init, endpoints-changed) span calls record nothing anyway.
+    static TRACED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub(crate) fn set_traced(traced: bool) {
+    TRACED.with(|t| t.set(traced));
+}
+
+// Untraced, span calls would be host calls that record nothing: skipped.
 pub(crate) fn span_set_attribute(key: &str, value: &str) -> bool {
-    host::span_set_attribute(key, value)
+    TRACED.with(std::cell::Cell::get) && host::span_set_attribute(key, value)
 }
 pub(crate) fn span_add_event(name: &str, attributes: &[(&str, &str)]) -> bool {
-    host::span_add_event(name, attributes)
+    TRACED.with(std::cell::Cell::get) && host::span_add_event(name, attributes)
 }

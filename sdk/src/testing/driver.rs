@@ -98,15 +98,20 @@ impl<F: Filter> TestFilter<F> {
             cluster: cluster.to_owned(),
             attempt: 1,
             previous: None,
+            ticket: 0,
         })
     }
 
     /// Asks for an endpoint: first pushes `endpoints_changed` if the pickable set of the cluster
-    /// differs from what this instance last saw, then calls `pick_endpoint`.
-    pub fn pick_with(&mut self, ctx: PickContext) -> Option<u32> {
+    /// differs from what this instance last saw, then calls `pick_endpoint`. As the host does,
+    /// the mock host numbers the picks of each cluster: `ctx.ticket` is replaced by the
+    /// cluster's next ticket (0 for its first pick on this mock host, shared by every
+    /// [`TestFilter`] loaded on it).
+    pub fn pick_with(&mut self, mut ctx: PickContext) -> Option<u32> {
         if !self.hooks.contains(Hooks::PICK) {
             return None;
         }
+        ctx.ticket = sys::next_ticket(&ctx.cluster);
         self.sync_endpoints(&ctx.cluster);
         in_filter::<F, _>(|| runtime::pick_endpoint(&mut self.filter, &ctx))
     }

@@ -29,6 +29,8 @@ pub(crate) struct State {
     pub(crate) ejections: Vec<(u32, u32)>,
     /// Requests (first attempts) per cluster and monotonic second.
     pub(crate) cluster_requests: HashMap<(String, u64), u64>,
+    /// Picks per cluster so far: the next `PickContext::ticket`.
+    pub(crate) tickets: HashMap<String, u64>,
     pub(crate) metrics: Vec<MetricDef>,
     pub(crate) series: HashMap<(u32, Vec<String>), Series>,
     pub(crate) store: HashMap<String, StoreEntry>,
@@ -53,6 +55,7 @@ impl Default for State {
             next_endpoint_id: 1,
             ejections: Vec::new(),
             cluster_requests: HashMap::new(),
+            tickets: HashMap::new(),
             metrics: Vec::new(),
             series: HashMap::new(),
             store: HashMap::new(),

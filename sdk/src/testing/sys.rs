@@ -210,6 +210,15 @@ pub(crate) fn cluster_stats(cluster: &str) -> Option<ClusterStats> {
         known.then_some(stats)
     })
 }
+/// The next pick's ticket for `cluster`: 0, 1, 2, ... as the host numbers them.
+pub(crate) fn next_ticket(cluster: &str) -> u64 {
+    with(|s| {
+        let next = s.tickets.entry(cluster.to_owned()).or_default();
+        *next += 1;
+        *next - 1
+    })
+}
+
 /// Records an attempt's outcome in its endpoint's statistics, as the host does before
 /// `on_attempt`; returns whether a filter declaring
 /// [`AttemptOutcomes::FailuresAndRecoveries`](crate::AttemptOutcomes) sees it.
@@ -411,6 +420,9 @@ pub(crate) fn store_delete(key: &str) {
         s.store.remove(key);
     });
 }
+
+/// The mock traces every request: nothing to remember.
+pub(crate) fn set_traced(_traced: bool) {}
 
 /// The mock traces every request: span calls record while one is bound.
 pub(crate) fn span_set_attribute(key: &str, value: &str) -> bool {
