@@ -736,11 +736,18 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     let ip = ip_text(client.ip());
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.as_bytes());
+            v
+        }
+        None => ip.into_bytes(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    // Bytes from the Vec without a copy; the value is checked, not copied.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
@@ -780,10 +787,11 @@ fn request_id(headers: &HeaderMap) -> String {
 fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
-    (0..32)
-        .rev()
-        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
-        .collect()
+    let mut out = String::with_capacity(32);
+    for i in (0..32).rev() {
+        out.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::{AttemptAction, Filter, Hooks, InitError, Request, Response, store};
 #[derive(Default)]
 struct Recorder {
     changes: Vec<(String, Vec<u32>)>,
+    tickets: Vec<(String, u64)>,
 }
 
 #[crate::filter]
@@ -23,6 +24,7 @@ impl Filter for Recorder {
             .push((cluster.to_owned(), endpoints.iter().map(|e| e.id).collect()));
     }
     fn pick_endpoint(&mut self, ctx: &PickContext) -> Option<u32> {
+        self.tickets.push((ctx.cluster.clone(), ctx.ticket));
         let (_, ids) = self.changes.iter().rev().find(|(c, _)| *c == ctx.cluster)?;
         ids.first().copied()
     }
@@ -74,6 +76,28 @@ fn endpoints_are_pushed_before_a_pick_only_when_they_changed() {
     let mut g = host.load::<Recorder>(serde_json::json!({})).unwrap();
     assert_eq!(g.pick("api"), Some(a));
     assert_eq!(g.filter().changes, vec![("api".to_owned(), vec![a, b])]);
+}
+
+#[test]
+fn picks_are_numbered_per_cluster_across_instances() {
+    let host = MockHost::new();
+    host.add_endpoint("api", "10.0.0.1:80", 1);
+    host.add_endpoint("web", "10.0.0.2:80", 1);
+    let mut one = host.load::<Recorder>(serde_json::json!({})).unwrap();
+    let mut two = host.load::<Recorder>(serde_json::json!({})).unwrap();
+    one.pick("api");
+    two.pick("api");
+    one.pick("web");
+    // A ticket the test passes is replaced by the cluster's next one, as the host does.
+    two.pick_with(PickContext {
+        cluster: "api".to_owned(),
+        attempt: 2,
+        previous: None,
+        ticket: 99,
+    });
+    let seen = |f: &super::TestFilter<Recorder>| f.filter().tickets.clone();
+    assert_eq!(seen(&one), [("api".to_owned(), 0), ("web".to_owned(), 0)]);
+    assert_eq!(seen(&two), [("api".to_owned(), 1), ("api".to_owned(), 2)]);
 }
 
 #[test]
