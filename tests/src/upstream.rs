@@ -38,6 +38,8 @@ pub enum Behaviour {
     Delay(Duration),
     /// Never answers (until the connection or the upstream is dropped).
     Hold,
+    /// 200 with the request's body as the response body.
+    Echo,
 }
 
 /// One request an upstream received.
@@ -187,6 +189,11 @@ impl Upstream {
         self.set(Behaviour::Hold);
     }
 
+    /// Answers 200 with the request's body.
+    pub fn echo(&self) {
+        self.set(Behaviour::Echo);
+    }
+
     /// Whether the server is accepting connections.
     pub fn is_running(&self) -> bool {
         lock(&self.server).is_some()
@@ -269,6 +276,7 @@ async fn handle(
         Err(_) => Bytes::new(),
     };
     shared.count.fetch_add(1, Ordering::SeqCst);
+    let received = body.clone();
     let path = parts
         .uri
         .path_and_query()
@@ -282,6 +290,7 @@ async fn handle(
         body,
     });
 
+    let echo = lock(&shared.behaviour).clone() == Behaviour::Echo;
     let (status, delay, hold) = {
         let mut behaviour = lock(&shared.behaviour);
         match &mut *behaviour {
@@ -297,6 +306,7 @@ async fn handle(
             }
             Behaviour::Delay(d) => (200, Some(*d), false),
             Behaviour::Hold => (200, None, true),
+            Behaviour::Echo => (200, None, false),
         }
     };
     if hold {
@@ -318,8 +328,13 @@ async fn handle(
     for (name, value) in lock(&shared.headers).iter() {
         resp = resp.header(name.as_str(), value.as_str());
     }
+    let body = if echo {
+        received
+    } else {
+        Bytes::from(shared.name.clone())
+    };
     Ok(resp
-        .body(Full::new(Bytes::from(shared.name.clone())))
+        .body(Full::new(body))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
 }
 

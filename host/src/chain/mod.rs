@@ -26,7 +26,8 @@ use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};
 use crate::telemetry::trace;
 use crate::upstream::{
-    self, AttemptResult, Cluster, DownBody, Endpoint, InFlight, SendError, UpBody, UpstreamBody,
+    self, AttemptResult, Cluster, DownBody, Endpoint, H1Error, InFlight, SendError, UpBody,
+    UpstreamBody,
 };
 use crate::wasm::{
     AttemptAction, AttemptError, AttemptOutcome, FilterError, FilterModule, Hooks, RequestAction,
@@ -636,6 +637,7 @@ fn classify(e: &SendError) -> AttemptResult {
     let e = match e {
         SendError::Connect(_) => return AttemptResult::ConnectFailure,
         SendError::Http(e) => e,
+        SendError::H1(e) => return classify_h1(e),
     };
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         return AttemptResult::Reset;
@@ -648,19 +650,32 @@ fn classify(e: &SendError) -> AttemptResult {
             return AttemptResult::Reset;
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
+            && is_reset(io)
         {
             return AttemptResult::Reset;
         }
         source = s.source();
     }
     AttemptResult::Error
+}
+
+fn classify_h1(e: &H1Error) -> AttemptResult {
+    match e {
+        H1Error::Incomplete => AttemptResult::Reset,
+        H1Error::Io(io) if is_reset(io) => AttemptResult::Reset,
+        _ => AttemptResult::Error,
+    }
+}
+
+/// An I/O error that means the connection went away under the attempt.
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 fn attempt_error(r: AttemptResult) -> Option<AttemptError> {

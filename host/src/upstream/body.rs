@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::pool::UpstreamBody;
+use super::pool::{BoxError, UpstreamBody};
 
 /// The body of one upstream attempt. An enum rather than a boxed trait object:
 /// this is on every request's path.
@@ -85,7 +85,7 @@ pub enum DownBody {
 
 impl Body for DownBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

@@ -3,8 +3,10 @@
 
 mod body;
 mod cluster;
+mod h1;
 mod pool;
 
 pub use self::body::{DownBody, UpBody};
 pub use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};
-pub use self::pool::{ConnStats, PoolSettings, SendError, UpstreamBody, discard, send};
+pub use self::h1::H1Error;
+pub use self::pool::{BoxError, ConnStats, PoolSettings, SendError, UpstreamBody, discard, send};

@@ -1,12 +1,14 @@
 //! Upstream connections: each endpoint keeps its own idle HTTP/1.1
 //! keep-alive connections (or one shared HTTP/2 connection) and hands them to
-//! requests directly, over hyper's `client::conn`.
+//! requests directly.
 //!
 //! A general-purpose pooled client looks its pool up by authority, sends the
 //! request through a channel to the connection's task and spawns a task per
 //! response to wait for the connection to be free again. An endpoint already
 //! is the pool key here, so a request takes a connection from its endpoint's
-//! list, and the response body puts it back when it has been read to the end.
+//! list, writes and reads it in its own task ([`super::h1`]), and the response
+//! body puts it back when it has been read to the end. HTTP/2 connections are
+//! hyper's `client::conn::http2`, each in a task of its own.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,12 +24,13 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use super::cluster::Endpoint;
+use super::h1::{self, H1Error};
 
 /// How long an unused keep-alive connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -56,7 +59,7 @@ pub struct Conns(Mutex<Idle>);
 #[derive(Default)]
 struct Idle {
     /// HTTP/1.1 connections, oldest first.
-    http1: VecDeque<(http1::SendRequest<UpBody>, Instant)>,
+    http1: VecDeque<(h1::Conn, Instant)>,
     /// The HTTP/2 connection every request to the endpoint shares.
     http2: Option<http2::SendRequest<UpBody>>,
 }
@@ -67,30 +70,30 @@ impl Conns {
     }
 
     /// The most recently used HTTP/1.1 connection that is still open.
-    fn take_http1(&self) -> Option<http1::SendRequest<UpBody>> {
+    fn take_http1(&self) -> Option<h1::Conn> {
         let mut idle = self.lock();
-        while let Some((tx, since)) = idle.http1.pop_back() {
+        while let Some((conn, since)) = idle.http1.pop_back() {
             if since.elapsed() >= IDLE_TIMEOUT {
                 // The rest are older still.
                 idle.http1.clear();
                 return None;
             }
-            if !tx.is_closed() {
-                return Some(tx);
+            if !conn.is_stale() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn put_http1(&self, tx: http1::SendRequest<UpBody>, max_idle: usize) {
-        if max_idle == 0 || tx.is_closed() {
+    fn put_http1(&self, conn: h1::Conn, max_idle: usize) {
+        if max_idle == 0 {
             return;
         }
         let mut idle = self.lock();
         while idle.http1.len() >= max_idle {
             idle.http1.pop_front();
         }
-        idle.http1.push_back((tx, Instant::now()));
+        idle.http1.push_back((conn, Instant::now()));
     }
 
     fn shared_http2(&self) -> Option<http2::SendRequest<UpBody>> {
@@ -103,10 +106,16 @@ impl Conns {
     pub fn sweep(&self) {
         let mut idle = self.lock();
         idle.http1
-            .retain(|(tx, since)| !tx.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+            .retain(|(conn, since)| !conn.is_stale() && since.elapsed() < IDLE_TIMEOUT);
         if idle.http2.as_ref().is_some_and(|tx| tx.is_closed()) {
             idle.http2 = None;
         }
+    }
+
+    /// Idle HTTP/1.1 connections now.
+    #[cfg(test)]
+    pub(super) fn idle_http1(&self) -> usize {
+        self.lock().http1.len()
     }
 
     /// Closes every idle connection (the endpoint left its cluster).
@@ -124,6 +133,8 @@ pub enum SendError {
     Connect(io::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error(transparent)]
+    H1(#[from] H1Error),
 }
 
 /// Sends `req` to `endpoint`: on one of its idle connections when it has one
@@ -133,7 +144,7 @@ pub async fn send(
     endpoint: &Arc<Endpoint>,
     settings: PoolSettings,
     stats: &Arc<ConnStats>,
-    mut req: Request<UpBody>,
+    req: Request<UpBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     // The paths that connect are boxed: each request's future is allocated whole, the holes
     // it leaves in the heap add to what an idle keep-alive connection costs, and a connect's
@@ -141,33 +152,40 @@ pub async fn send(
     if settings.http2 {
         return Box::pin(send_http2(endpoint, settings, stats, req)).await;
     }
-    while let Some(mut tx) = endpoint.conns.take_http1() {
-        if !tx.is_ready() && tx.ready().await.is_err() {
-            continue;
+    // Only the method is needed past this point: the rest of the head is in `wire`.
+    let (wire, method, mut body) = {
+        let (parts, body) = req.into_parts();
+        (h1::encode_request(&parts, &body), parts.method, body)
+    };
+    let conn = loop {
+        let Some(mut conn) = endpoint.conns.take_http1() else {
+            let mut conn = Box::pin(connect_http1(endpoint, settings, stats)).await?;
+            conn.write_request(&wire, &mut body).await?;
+            break conn;
+        };
+        match conn.write_request(&wire, &mut body).await {
+            Ok(()) => break conn,
+            // A complete body was only read: the endpoint got no request it could act on (a
+            // partial one at most), so the next connection gets it.
+            Err(H1Error::Io(_)) if matches!(body, UpBody::Full(_)) => {}
+            Err(e) => return Err(e.into()),
         }
-        match tx.try_send_request(req).await {
-            Ok(resp) => return Ok(with_checkin(resp, tx, endpoint, settings)),
-            Err(mut e) => match e.take_message() {
-                // Never written: the connection closed while idle.
-                Some(r) => req = r,
-                None => return Err(SendError::Http(e.into_error())),
-            },
-        }
-    }
-    Box::pin(send_on_new_http1(endpoint, settings, stats, req)).await
+    };
+    let checkin = Checkin {
+        endpoint: endpoint.clone(),
+        max_idle: settings.max_idle,
+    };
+    let (resp, body) = conn.read_response(&method, checkin).await?;
+    Ok(resp.map(|()| UpstreamBody(Inner::H1(body))))
 }
 
-async fn send_on_new_http1(
+async fn connect_http1(
     endpoint: &Arc<Endpoint>,
     settings: PoolSettings,
     stats: &Arc<ConnStats>,
-    req: Request<UpBody>,
-) -> Result<Response<UpstreamBody>, SendError> {
+) -> Result<h1::Conn, SendError> {
     let io = connect(endpoint, settings.connect_timeout).await?;
-    let (mut tx, conn) = http1::handshake(TokioIo::new(io)).await?;
-    spawn_connection(conn, stats);
-    let resp = tx.send_request(req).await?;
-    Ok(with_checkin(resp, tx, endpoint, settings))
+    Ok(h1::Conn::new(io, Open::count(stats)))
 }
 
 async fn send_http2(
@@ -189,21 +207,7 @@ async fn send_http2(
         }
     };
     let resp = tx.send_request(req).await?;
-    Ok(resp.map(|body| UpstreamBody::new(body, None)))
-}
-
-fn with_checkin(
-    resp: Response<Incoming>,
-    tx: http1::SendRequest<UpBody>,
-    endpoint: &Arc<Endpoint>,
-    settings: PoolSettings,
-) -> Response<UpstreamBody> {
-    let checkin = Checkin {
-        tx,
-        endpoint: endpoint.clone(),
-        max_idle: settings.max_idle,
-    };
-    resp.map(|body| UpstreamBody::new(body, Some(checkin)))
+    Ok(resp.map(|body| UpstreamBody(Inner::H2(body))))
 }
 
 async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, SendError> {
@@ -236,22 +240,28 @@ async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<TcpStream, Se
     Ok(stream)
 }
 
-/// Runs a connection's task, counted in `stats` while it lives.
+/// Runs an HTTP/2 connection's task, counted in `stats` while it lives.
 fn spawn_connection<F>(conn: F, stats: &Arc<ConnStats>)
 where
     F: std::future::Future + Send + 'static,
 {
-    stats.open.fetch_add(1, Ordering::Relaxed);
-    stats.opened.fetch_add(1, Ordering::Relaxed);
-    let open = Open(stats.clone());
+    let open = Open::count(stats);
     tokio::spawn(async move {
         let _open = open;
         let _ = conn.await;
     });
 }
 
-/// Uncounts a connection when its task ends (or is dropped at shutdown).
-struct Open(Arc<ConnStats>);
+/// Counts a connection open while it lives (its task, or its `h1::Conn`).
+pub(super) struct Open(Arc<ConnStats>);
+
+impl Open {
+    fn count(stats: &Arc<ConnStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        stats.opened.fetch_add(1, Ordering::Relaxed);
+        Open(stats.clone())
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -264,17 +274,16 @@ pub fn socket_addr(address: &str) -> Option<SocketAddr> {
     address.parse().ok()
 }
 
-/// An HTTP/1.1 connection to give back once its response is read.
-struct Checkin {
-    tx: http1::SendRequest<UpBody>,
+/// Where an HTTP/1.1 connection goes back once its response is read.
+pub(super) struct Checkin {
     endpoint: Arc<Endpoint>,
     max_idle: usize,
 }
 
 impl Checkin {
-    fn put(self) {
+    pub(super) fn put(self, conn: h1::Conn) {
         if !self.endpoint.is_removed() {
-            self.endpoint.conns.put_http1(self.tx, self.max_idle);
+            self.endpoint.conns.put_http1(conn, self.max_idle);
         }
     }
 }
@@ -290,7 +299,7 @@ const DISCARD_MAX_WAIT: Duration = Duration::from_secs(1);
 /// cost a new connection; a larger or slower one, or an HTTP/2 stream, is dropped (the
 /// connection closes, the stream is reset).
 pub fn discard(body: UpstreamBody) {
-    if body.checkin.is_none()
+    if !body.keeps_connection()
         || body.is_end_stream()
         || body.size_hint().lower() > DISCARD_MAX_BYTES
     {
@@ -315,63 +324,51 @@ pub fn discard(body: UpstreamBody) {
 /// A response body from an endpoint. Read to the end, it gives its HTTP/1.1
 /// connection back to the endpoint; dropped before the end, the connection
 /// closes (what is left of the body cannot be skipped safely).
-pub struct UpstreamBody {
-    body: Incoming,
-    checkin: Option<Checkin>,
-    ended: bool,
+pub struct UpstreamBody(Inner);
+
+enum Inner {
+    H1(h1::ResponseBody),
+    H2(Incoming),
 }
 
-impl UpstreamBody {
-    fn new(body: Incoming, checkin: Option<Checkin>) -> Self {
-        Self {
-            body,
-            checkin,
-            ended: false,
-        }
-    }
+/// What reading an upstream body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-    fn give_back(&mut self) {
-        if let Some(c) = self.checkin.take() {
-            c.put();
+impl UpstreamBody {
+    /// Whether reading this body to the end lets its connection serve again.
+    fn keeps_connection(&self) -> bool {
+        match &self.0 {
+            Inner::H1(b) => b.keeps_connection(),
+            Inner::H2(_) => false,
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                this.ended = true;
-                this.give_back();
-            }
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.give_back(),
-            Poll::Ready(Some(Err(_))) => this.checkin = None,
-            _ => {}
+        match &mut self.get_mut().0 {
+            Inner::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.body.is_end_stream()
+        match &self.0 {
+            Inner::H1(b) => b.is_end_stream(),
+            Inner::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if self.is_end_stream() {
-            self.give_back();
+        match &self.0 {
+            Inner::H1(b) => b.size_hint(),
+            Inner::H2(b) => b.size_hint(),
         }
     }
 }

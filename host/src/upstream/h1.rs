@@ -1,0 +1,828 @@
+//! HTTP/1.1 to endpoints, written for what a proxy sends and receives.
+//!
+//! A general client (hyper's `client::conn`) runs each connection in a task of its own and
+//! hands requests, responses and body chunks between that task and the request's through
+//! channels. Here the request's own task writes the request and reads the response on the
+//! socket, and the response body reads its bytes straight from it: no second task, no channel,
+//! no wake-up in between.
+//!
+//! Requests: the head as the chain left it (`content-length` is written from the body, a body
+//! of unknown length is sent chunked). Responses: status line and headers parsed with
+//! `httparse` (at most 100 headers, 64 KiB of head); `1xx` heads other than `101` are skipped;
+//! the body is framed by RFC 9112 section 6.3: none for `HEAD`, `204` and `304`, chunked when
+//! `transfer-encoding` ends in `chunked` (chunk extensions and trailers are read and dropped),
+//! else `content-length`, else until the endpoint closes. A connection goes back to its endpoint
+//! only when its response was read to the end, nothing follows it, and neither side asked to
+//! close.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+
+use super::body::UpBody;
+use super::pool::{Checkin, Open};
+
+/// The largest response head read (status line and headers).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most response headers taken.
+const MAX_HEADERS: usize = 100;
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// The longest chunk-size line or trailer line accepted.
+const MAX_LINE_BYTES: usize = 4096;
+/// A request body up to this size is written in the same write as the head.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// Why an exchange on a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The endpoint closed the connection before the response was complete.
+    #[error("connection closed before the response was complete")]
+    Incomplete,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    #[error("reading the request body: {0}")]
+    RequestBody(hyper::Error),
+    #[error("the request body did not match its content-length")]
+    BodyLength,
+}
+
+/// One HTTP/1.1 connection to an endpoint, between exchanges.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Uncounts the connection when it closes.
+    _open: Open,
+}
+
+impl Conn {
+    pub(super) fn new(io: TcpStream, open: Open) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            _open: open,
+        }
+    }
+
+    /// Whether the endpoint closed the idle connection or sent something unasked. Asks the
+    /// socket only when the runtime has seen it become readable, so a quiet connection costs
+    /// no system call.
+    pub fn is_stale(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.io.try_read(&mut probe) {
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+            // Closed (0), or bytes no request asked for.
+            Ok(_) => true,
+        }
+    }
+
+    /// Writes the request: `wire` (from [`encode_request`]), then what of the body it does
+    /// not hold. A complete body is only read, so the request can be written again elsewhere
+    /// when this fails.
+    pub async fn write_request(&mut self, wire: &Wire, body: &mut UpBody) -> Result<(), H1Error> {
+        self.io.write_all(&wire.bytes).await?;
+        if wire.has_body {
+            return Ok(());
+        }
+        match body {
+            UpBody::Full(b) => {
+                self.io.write_all(b.as_deref().unwrap_or_default()).await?;
+                Ok(())
+            }
+            UpBody::Stream { .. } => {
+                let length = body.size_hint().exact();
+                // Boxed: rare, and its state would weigh on every request's future.
+                Box::pin(self.write_stream(body, length)).await
+            }
+        }
+    }
+
+    /// Streams a body: raw when its length is known (and checked), else chunked.
+    async fn write_stream(
+        &mut self,
+        body: &mut UpBody,
+        length: Option<u64>,
+    ) -> Result<(), H1Error> {
+        let mut sent = 0u64;
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            let frame = frame.map_err(H1Error::RequestBody)?;
+            // Trailers are not sent: the chunked encoding below ends without them.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            match length {
+                Some(n) if sent > n => return Err(H1Error::BodyLength),
+                Some(_) => self.io.write_all(&data).await?,
+                None => {
+                    let size = format!("{:x}\r\n", data.len());
+                    self.io.write_all(size.as_bytes()).await?;
+                    self.io.write_all(&data).await?;
+                    self.io.write_all(b"\r\n").await?;
+                }
+            }
+        }
+        match length {
+            Some(n) if sent != n => Err(H1Error::BodyLength),
+            Some(_) => Ok(()),
+            None => Ok(self.io.write_all(b"0\r\n\r\n").await?),
+        }
+    }
+
+    /// Reads bytes into the buffer: 0 when the endpoint closed its side.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            self.buf.reserve(READ_CHUNK);
+            match self.io.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    /// Reads the response head (skipping `1xx` ones) to a response whose body reads the rest
+    /// from this connection, which it gives back through `checkin` once read.
+    pub async fn read_response(
+        mut self,
+        method: &Method,
+        checkin: Checkin,
+    ) -> Result<(Response<()>, ResponseBody), H1Error> {
+        let (resp, framing, keep_alive) = self.read_head(method).await?;
+        let mut body = ResponseBody {
+            conn: Some(self),
+            framing,
+            keep_alive,
+            checkin: Some(checkin),
+        };
+        body.settle();
+        Ok((resp, body))
+    }
+
+    /// The final response head, its body's framing and whether the connection may be reused.
+    async fn read_head(
+        &mut self,
+        method: &Method,
+    ) -> Result<(Response<()>, Framing, bool), H1Error> {
+        loop {
+            if let Some(parsed) = self.parse_head()? {
+                let (resp, keep_alive) = parsed;
+                let status = resp.status();
+                if status.is_informational() {
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(H1Error::Invalid("101 without an upgrade request"));
+                    }
+                    continue;
+                }
+                let framing = framing(method, &resp)?;
+                // A response read until the close, or one with both framings (RFC 9112
+                // 6.3.3), leaves nothing to reuse.
+                let keep_alive = keep_alive
+                    && !matches!(framing, Framing::Close)
+                    && !(resp.headers().contains_key(header::TRANSFER_ENCODING)
+                        && resp.headers().contains_key(header::CONTENT_LENGTH));
+                return Ok((resp, framing, keep_alive));
+            }
+            if self.buf.len() >= MAX_HEAD_BYTES {
+                return Err(H1Error::Invalid("response head too large"));
+            }
+            if poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
+                return Err(H1Error::Incomplete);
+            }
+        }
+    }
+
+    /// One head from the buffer, if a complete one is there: the response and whether the
+    /// endpoint keeps the connection open.
+    fn parse_head(&mut self) -> Result<Option<(Response<()>, bool)>, H1Error> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let len = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(H1Error::Invalid("more than 100 headers"));
+            }
+            Err(_) => return Err(H1Error::Invalid("malformed head")),
+        };
+        let status = parsed
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or(H1Error::Invalid("bad status"))?;
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Values are kept as slices of the head's bytes: names are parsed now, values
+        // located by their offsets and cut out once the head is split off the buffer.
+        let base = self.buf.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| H1Error::Invalid("bad header name"))?;
+            let start = h.value.as_ptr() as usize - base;
+            spans.push((name, start, start + h.value.len()));
+        }
+        let head = self.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for (name, start, end) in spans {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| H1Error::Invalid("bad header value"))?;
+            headers.append(name, value);
+        }
+        let keep_alive = match version {
+            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
+            _ => !connection_has(&headers, "close"),
+        };
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        Ok(Some((resp, keep_alive)))
+    }
+}
+
+/// A request as written on the wire: its head, and its body when that is complete and small.
+pub struct Wire {
+    bytes: Vec<u8>,
+    /// Whether `bytes` ends with the whole body.
+    has_body: bool,
+}
+
+/// The request in HTTP/1.1 form: origin-form target, the headers as given except
+/// `content-length` and `transfer-encoding`, which follow from `body`; a complete body of up
+/// to 16 KiB follows in the same bytes (one write).
+pub fn encode_request(parts: &http::request::Parts, body: &UpBody) -> Wire {
+    let mut out = encode_head(parts, body);
+    let has_body = match body {
+        UpBody::Full(b) => {
+            let b = b.as_deref().unwrap_or_default();
+            let small = b.len() <= COALESCE_BYTES;
+            if small {
+                out.extend_from_slice(b);
+            }
+            small
+        }
+        UpBody::Stream { .. } => false,
+    };
+    Wire {
+        bytes: out,
+        has_body,
+    }
+}
+
+fn encode_head(parts: &http::request::Parts, body: &UpBody) -> Vec<u8> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match body.size_hint().exact() {
+        Some(0)
+            if !had_length
+                && !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Whether the `connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// How a response body ends (RFC 9112 section 6.3).
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the endpoint closes.
+    Close,
+    /// Read to the end.
+    Done,
+}
+
+/// Where a chunked body's reader is.
+enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data: this many bytes are left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+}
+
+fn framing(method: &Method, resp: &Response<()>) -> Result<Framing, H1Error> {
+    let status = resp.status();
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Done);
+    }
+    let headers = resp.headers();
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|t| !t.is_empty())
+    {
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let n = v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or(H1Error::Invalid("bad content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(H1Error::Invalid("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// The body of a response read from a [`Conn`]. Read to the end, it gives the connection
+/// back to its endpoint (when it may be reused); dropped before, the connection closes.
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    checkin: Option<Checkin>,
+}
+
+impl ResponseBody {
+    /// Whether the connection can serve again once this body is read.
+    pub fn keeps_connection(&self) -> bool {
+        self.keep_alive && self.conn.is_some() && self.checkin.is_some()
+    }
+
+    /// At the end of the body: the connection goes back, or closes.
+    fn settle(&mut self) {
+        if !matches!(self.framing, Framing::Done | Framing::Length(0)) {
+            return;
+        }
+        self.framing = Framing::Done;
+        let conn = self.conn.take();
+        // Bytes past the response were not asked for: such a connection is not reused.
+        if let (Some(conn), Some(checkin)) = (conn, self.checkin.take())
+            && self.keep_alive
+            && conn.buf.is_empty()
+        {
+            checkin.put(conn);
+        }
+    }
+
+    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.conn = None;
+        self.framing = Framing::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// Takes up to `limit` bytes of data from the buffer, reading when it is empty.
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: u64,
+    ) -> Poll<Result<Option<Bytes>, H1Error>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err(H1Error::Incomplete));
+        };
+        if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        let take = conn
+            .buf
+            .len()
+            .min(usize::try_from(limit).unwrap_or(usize::MAX));
+        Poll::Ready(Ok(Some(conn.buf.split_to(take).freeze())))
+    }
+
+    /// A complete line (without its CRLF) from the buffer, reading as needed.
+    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, H1Error>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err(H1Error::Incomplete));
+        };
+        loop {
+            if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = conn.buf.split_to(i).freeze();
+                conn.buf.advance(2);
+                return Poll::Ready(Ok(line));
+            }
+            if conn.buf.len() > MAX_LINE_BYTES {
+                return Poll::Ready(Err(H1Error::Invalid("chunk line too long")));
+            }
+            if ready!(conn.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(H1Error::Incomplete));
+            }
+        }
+    }
+}
+
+/// The size of a chunk-size line: hex digits, then optional extensions after `;`.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|&b| b == b';').next()?;
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let text = std::str::from_utf8(digits).ok()?;
+    u64::from_str_radix(text, 16).ok()
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    this.settle();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => match ready!(this.poll_data(cx, left)) {
+                    Ok(Some(data)) => {
+                        this.framing = Framing::Length(left - data.len() as u64);
+                        this.settle();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(None) => return this.fail(H1Error::Incomplete),
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Close => match ready!(this.poll_data(cx, u64::MAX)) {
+                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(None) => {
+                        this.conn = None;
+                        this.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Chunked(Chunk::Size) => match ready!(this.poll_line(cx)) {
+                    Ok(line) => match chunk_size(&line) {
+                        Some(0) => this.framing = Framing::Chunked(Chunk::Trailers),
+                        Some(n) => this.framing = Framing::Chunked(Chunk::Data(n)),
+                        None => return this.fail(H1Error::Invalid("bad chunk size")),
+                    },
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Chunked(Chunk::Data(left)) => match ready!(this.poll_data(cx, left)) {
+                    Ok(Some(data)) => {
+                        let left = left - data.len() as u64;
+                        this.framing = Framing::Chunked(if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        });
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(None) => return this.fail(H1Error::Incomplete),
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Chunked(Chunk::DataEnd) => match ready!(this.poll_line(cx)) {
+                    Ok(line) if line.is_empty() => this.framing = Framing::Chunked(Chunk::Size),
+                    Ok(_) => return this.fail(H1Error::Invalid("chunk without its CRLF")),
+                    Err(e) => return this.fail(e),
+                },
+                Framing::Chunked(Chunk::Trailers) => match ready!(this.poll_line(cx)) {
+                    Ok(line) if line.is_empty() => {
+                        this.framing = Framing::Done;
+                        this.settle();
+                        return Poll::Ready(None);
+                    }
+                    // Trailer fields are dropped.
+                    Ok(_) => {}
+                    Err(e) => return this.fail(e),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use http::Request;
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::upstream::{Cluster, Endpoint, SendError, Upstreams, send};
+
+    /// An endpoint that answers each request head it reads on one connection with the next of
+    /// `answers`, each written in the given pieces, then closes.
+    async fn endpoint(answers: Vec<Vec<&'static [u8]>>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut seen = Vec::new();
+            for pieces in answers {
+                // Up to the end of a request head (these requests have no body).
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.clear();
+                for piece in pieces {
+                    if s.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            // Keep the connection until the client is done with it.
+            let mut rest = [0u8; 64];
+            let _ = s.read(&mut rest).await;
+        });
+        addr
+    }
+
+    fn cluster_of(addr: SocketAddr) -> (Upstreams, Arc<Cluster>, Arc<Endpoint>) {
+        let u = Upstreams::new(Instant::now());
+        let cfg: crate::config::ClusterConfig =
+            toml::from_str(&format!("endpoints = [\"{addr}\"]")).expect("cluster config");
+        u.apply(&[("api".into(), cfg)]);
+        let cluster = u.cluster("api").expect("cluster");
+        let ep = cluster.members()[0].clone();
+        (u, cluster, ep)
+    }
+
+    async fn get(
+        cluster: &Cluster,
+        ep: &Arc<Endpoint>,
+        method: Method,
+    ) -> Result<(Response<()>, Result<Bytes, String>), SendError> {
+        let mut req = Request::new(UpBody::full(Bytes::new()));
+        *req.method_mut() = method;
+        let settings = Cluster::pool_settings(&cluster.settings.load());
+        let resp = send(ep, settings, &cluster.connections, req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| e.to_string());
+        Ok((Response::from_parts(parts, ()), body))
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_split_anywhere_are_read_and_the_connection_reused() {
+        let addr = endpoint(vec![
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n5;ext=1\r",
+                b"\nhel",
+                b"lo\r\n6\r\n world\r\n0\r\ntrailer: x\r\n",
+                b"\r\n",
+            ],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        ])
+        .await;
+        let (_u, cluster, ep) = cluster_of(addr);
+        let (resp, body) = get(&cluster, &ep, Method::GET).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-a"], "1");
+        assert_eq!(body.expect("body"), "hello world");
+        assert_eq!(
+            ep.conns.idle_http1(),
+            1,
+            "read to the end: back to the endpoint"
+        );
+        let (_, body) = get(&cluster, &ep, Method::GET).await.expect("second");
+        assert_eq!(body.expect("body"), "ok");
+        assert_eq!(
+            cluster
+                .connections
+                .opened
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn heads_and_informational_responses_have_no_body() {
+        let addr = endpoint(vec![
+            vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"],
+            vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
+        ])
+        .await;
+        let (_u, cluster, ep) = cluster_of(addr);
+        let (resp, body) = get(&cluster, &ep, Method::HEAD).await.expect("head");
+        assert_eq!(resp.status(), 200, "the 100 is skipped");
+        assert_eq!(body.expect("body"), "");
+        let (resp, body) = get(&cluster, &ep, Method::GET).await.expect("204");
+        assert_eq!(resp.status(), 204);
+        assert_eq!(body.expect("body"), "");
+        assert_eq!(ep.conns.idle_http1(), 1);
+    }
+
+    #[tokio::test]
+    async fn close_delimited_and_connection_close_responses_are_not_reused() {
+        let addr = endpoint(vec![vec![
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nabc",
+        ]])
+        .await;
+        let (_u, cluster, ep) = cluster_of(addr);
+        let (_, body) = get(&cluster, &ep, Method::GET).await.expect("response");
+        assert_eq!(body.expect("body"), "abc");
+        assert_eq!(ep.conns.idle_http1(), 0);
+
+        // No length: the body is what comes until the endpoint closes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head).await;
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
+        });
+        let (_u, cluster, ep) = cluster_of(addr);
+        let (resp, body) = get(&cluster, &ep, Method::GET).await.expect("response");
+        assert_eq!(resp.version(), Version::HTTP_10);
+        assert_eq!(body.expect("body"), "until the end");
+        assert_eq!(ep.conns.idle_http1(), 0);
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_errors() {
+        for (answer, expected) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
+                "bad content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                "conflicting content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-",
+                "closed before the response was complete",
+            ),
+            (b"NOT HTTP\r\n\r\n", "malformed head"),
+            (b"HTTP/1.1 101 Switching\r\n\r\n", "101"),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut head = [0u8; 1024];
+                let _ = s.read(&mut head).await;
+                let _ = s.write_all(answer).await;
+            });
+            let (_u, cluster, ep) = cluster_of(addr);
+            let err = get(&cluster, &ep, Method::GET).await.expect_err("broken");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        // Cut off inside the body, or inside a chunk: the body fails, the connection closes.
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut head = [0u8; 1024];
+                let _ = s.read(&mut head).await;
+                let _ = s.write_all(answer).await;
+            });
+            let (_u, cluster, ep) = cluster_of(addr);
+            let (_, body) = get(&cluster, &ep, Method::GET)
+                .await
+                .expect("head is complete");
+            let err = body.expect_err("a short body is an error");
+            assert!(
+                err.contains("closed before the response was complete"),
+                "{err}"
+            );
+            assert_eq!(ep.conns.idle_http1(), 0);
+        }
+    }
+
+    #[test]
+    fn requests_are_framed_by_their_body() {
+        let head = |method: Method, body: UpBody, headers: &[(&str, &str)]| {
+            let mut req = Request::new(());
+            *req.method_mut() = method;
+            *req.uri_mut() = "/a?b=1".parse().expect("uri");
+            for (k, v) in headers {
+                req.headers_mut().append(
+                    HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            let (parts, ()) = req.into_parts();
+            let wire = encode_request(&parts, &body);
+            String::from_utf8(wire.bytes).expect("text")
+        };
+        assert_eq!(
+            head(Method::GET, UpBody::full(Bytes::new()), &[("host", "x")]),
+            "GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n"
+        );
+        assert_eq!(
+            head(Method::POST, UpBody::full(Bytes::new()), &[]),
+            "POST /a?b=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        // The body decides the length, whatever the headers said.
+        assert_eq!(
+            head(
+                Method::PUT,
+                UpBody::full(Bytes::from_static(b"abc")),
+                &[("content-length", "9"), ("transfer-encoding", "chunked")]
+            ),
+            "PUT /a?b=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"A ; name=value"), Some(10));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b""), None);
+        assert_eq!(chunk_size(b"zz"), None);
+        assert_eq!(chunk_size(b"11111111111111111"), None, "more than 64 bits");
+    }
+}
