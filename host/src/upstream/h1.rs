@@ -142,16 +142,12 @@ impl Conn {
         }
     }
 
-    /// Reads bytes into the buffer: 0 when the endpoint closed its side.
+    /// Reads bytes into the buffer: 0 when the endpoint closed its side. Through the stream's
+    /// `poll_read`, which forgets the socket's readiness after a short read: the next read
+    /// waits for the runtime instead of making a system call that would find nothing.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            self.buf.reserve(READ_CHUNK);
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        self.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Reads the response head (skipping `1xx` ones) to a response whose body reads the rest
