@@ -616,6 +616,21 @@ mod tests {
         addr
     }
 
+    /// An endpoint that reads one request, writes `answer` and closes the connection.
+    async fn answer_once(answer: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head).await;
+            let _ = s.write_all(answer).await;
+        });
+        addr
+    }
+
     fn cluster_of(addr: SocketAddr) -> (Upstreams, Arc<Cluster>, Arc<Endpoint>) {
         let u = Upstreams::new(Instant::now());
         let cfg: crate::config::ClusterConfig =
@@ -706,14 +721,7 @@ mod tests {
         assert_eq!(ep.conns.idle_http1(), 0);
 
         // No length: the body is what comes until the endpoint closes.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let mut head = [0u8; 1024];
-            let _ = s.read(&mut head).await;
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
-        });
+        let addr = answer_once(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
         let (_u, cluster, ep) = cluster_of(addr);
         let (resp, body) = get(&cluster, &ep, Method::GET).await.expect("response");
         assert_eq!(resp.version(), Version::HTTP_10);
@@ -739,14 +747,7 @@ mod tests {
             (b"NOT HTTP\r\n\r\n", "malformed head"),
             (b"HTTP/1.1 101 Switching\r\n\r\n", "101"),
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.expect("accept");
-                let mut head = [0u8; 1024];
-                let _ = s.read(&mut head).await;
-                let _ = s.write_all(answer).await;
-            });
+            let addr = answer_once(answer).await;
             let (_u, cluster, ep) = cluster_of(addr);
             let err = get(&cluster, &ep, Method::GET).await.expect_err("broken");
             assert!(err.to_string().contains(expected), "{err}");
@@ -756,14 +757,7 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.expect("accept");
-                let mut head = [0u8; 1024];
-                let _ = s.read(&mut head).await;
-                let _ = s.write_all(answer).await;
-            });
+            let addr = answer_once(answer).await;
             let (_u, cluster, ep) = cluster_of(addr);
             let (_, body) = get(&cluster, &ep, Method::GET)
                 .await
