@@ -8,6 +8,7 @@
 //! - [`listener`]: accept TCP, serve HTTP/1.1 and HTTP/2, limits, drain.
 //! - [`chain`]: the filter phases of one request, attempts and retries,
 //!   local responses.
+//! - [`http1`]: HTTP/1.1 body framing shared by the listener and the upstream client.
 //! - [`upstream`]: clusters, endpoints and their stats, ejection, pooled
 //!   clients, request and response bodies.
 //!
@@ -23,6 +24,7 @@
 pub mod admin;
 pub mod chain;
 pub mod config;
+pub mod http1;
 pub mod listener;
 pub mod runtime;
 pub mod telemetry;

@@ -16,18 +16,18 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
 use self::local::local;
 pub use self::without_io::handle_without_io;
 use crate::config::FailMode;
+use crate::listener::RequestBody;
 use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};
 use crate::telemetry::trace;
 use crate::upstream::{
-    self, AttemptResult, Cluster, DownBody, Endpoint, H1Error, InFlight, SendError, UpBody,
-    UpstreamBody,
+    self, AttemptResult, BoxError, Cluster, DownBody, Endpoint, H1Error, InFlight, SendError,
+    UpBody, UpstreamBody,
 };
 use crate::wasm::{
     AttemptAction, AttemptError, AttemptOutcome, FilterError, FilterModule, Hooks, RequestAction,
@@ -45,7 +45,7 @@ pub struct Site {
 pub async fn handle(
     proxy: &Arc<Proxy>,
     site: &Site,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: SocketAddr,
 ) -> Response<DownBody> {
     let start = Instant::now();
@@ -157,7 +157,7 @@ impl Run<'_> {
         }
     }
 
-    async fn respond(&mut self, body: Incoming) -> (StatusCode, Response<DownBody>) {
+    async fn respond(&mut self, body: RequestBody) -> (StatusCode, Response<DownBody>) {
         let outcome = match self.request_phase().await {
             Some(resp) => Outcome::Local(resp),
             None => self.upstream_phase(body).await,
@@ -284,7 +284,7 @@ impl Run<'_> {
         Ok((attempt, endpoint))
     }
 
-    async fn upstream_phase(&mut self, body: Incoming) -> Outcome {
+    async fn upstream_phase(&mut self, body: RequestBody) -> Outcome {
         let (cluster_name, cluster) = match self.chosen_cluster() {
             Ok(c) => c,
             Err(outcome) => return *outcome,
@@ -597,7 +597,7 @@ impl ReqBody {
 }
 
 /// Reads the body up to `limit` bytes; a larger one is streamed, not retried.
-async fn buffer(mut body: Incoming, limit: usize) -> Result<ReqBody, hyper::Error> {
+async fn buffer(mut body: RequestBody, limit: usize) -> Result<ReqBody, BoxError> {
     if body.is_end_stream() {
         return Ok(ReqBody::Replayable(Bytes::new()));
     }

@@ -1,4 +1,5 @@
-//! A TCP stream that remembers when it last moved bytes, for idle timeouts.
+//! A TCP stream that remembers when it last moved bytes, for idle timeouts, and replays what
+//! was read from it before it was handed over.
 
 use std::io;
 use std::pin::Pin;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -30,11 +32,13 @@ impl Activity {
 
 pub struct ActivityIo {
     inner: TcpStream,
+    /// Bytes read from `inner` before it was wrapped, read again first.
+    read: Bytes,
     activity: Arc<Activity>,
 }
 
 impl ActivityIo {
-    pub fn new(inner: TcpStream) -> (Self, Arc<Activity>) {
+    pub fn new(inner: TcpStream, read: Bytes) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -42,6 +46,7 @@ impl ActivityIo {
         (
             Self {
                 inner,
+                read,
                 activity: activity.clone(),
             },
             activity,
@@ -55,6 +60,11 @@ impl AsyncRead for ActivityIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {

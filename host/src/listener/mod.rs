@@ -1,7 +1,8 @@
-//! Downstream listeners: accept TCP, serve HTTP/1.1 and HTTP/2 (prior
-//! knowledge) with hyper, enforce header size, header read timeout, idle
-//! timeout and connection limits, and drain gracefully on shutdown.
+//! Downstream listeners: accept TCP, serve HTTP/1.1 (our own, `h1`) and HTTP/2 with prior
+//! knowledge (hyper), enforce header size, header read timeout, idle timeout and connection
+//! limits, and drain gracefully on shutdown.
 
+mod h1;
 mod io;
 
 use std::convert::Infallible;
@@ -10,12 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use self::h1::{Ended, Limits};
+pub use self::h1::{RequestBody, ServerBody};
 use self::io::ActivityIo;
 use crate::config::ListenerConfig;
 use crate::runtime::Proxy;
@@ -57,18 +61,16 @@ pub async fn serve(
     });
     let stats = proxy.metrics.listener(&cfg.name);
     let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
-        .max_buf_size(cfg.max_header_bytes.max(8192));
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.max_header_bytes as u32);
     let builder = Arc::new(builder);
-    let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms.max(1));
+    let limits = Arc::new(Limits {
+        max_head: cfg.max_header_bytes.max(1),
+        header_timeout: Duration::from_millis(cfg.header_read_timeout_ms.max(1)),
+        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms.max(1)),
+    });
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -93,25 +95,35 @@ pub async fn serve(
         let proxy = proxy.clone();
         let name = name.clone();
         let builder = builder.clone();
-        let shutdown = shutdown.clone();
+        let limits = limits.clone();
+        let stats = stats.clone();
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
-            serve_connection(stream, peer, name, proxy, builder, idle_timeout, shutdown).await;
+            let ended = h1::serve(stream, peer, &name, &proxy, &limits, &stats, &mut shutdown);
+            if let Ended::Http2(stream, read) = ended.await {
+                let idle = limits.idle_timeout;
+                serve_http2(stream, read, peer, name, proxy, builder, idle, shutdown).await;
+            }
         });
     }
 }
 
-async fn serve_connection(
+/// Serves an HTTP/2 connection (its first bytes already read) with hyper until it closes,
+/// idles out or drains.
+#[allow(clippy::too_many_arguments)]
+async fn serve_http2(
     stream: tokio::net::TcpStream,
+    read: Bytes,
     peer: SocketAddr,
     name: Arc<crate::chain::Site>,
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
     idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (io, activity) = ActivityIo::new(stream);
+    let (io, activity) = ActivityIo::new(stream, read);
     let active = Arc::new(AtomicUsize::new(0));
     let svc_active = active.clone();
     let svc = service_fn(move |req| {
@@ -123,6 +135,7 @@ async fn serve_connection(
         // wide and the request's state on the heap only while it runs.
         Box::pin(async move {
             active.fetch_add(1, Ordering::AcqRel);
+            let req = req.map(RequestBody::H2);
             let resp = crate::chain::handle(&proxy, &name, req, peer).await;
             active.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(resp)

@@ -92,7 +92,13 @@ pub struct ListenerStats {
     pub duration: Histogram,
     /// Open downstream connections.
     pub connections: AtomicU64,
+    /// Request heads refused before the chain, by [`REJECT_REASONS`].
+    rejected: [AtomicU64; 3],
 }
+
+/// Why a listener refused a request head: the `reason` label of
+/// `spindle_downstream_rejected_total`.
+pub const REJECT_REASONS: [&str; 3] = ["bad_request", "head_too_large", "header_timeout"];
 
 impl ListenerStats {
     pub fn new(name: &str) -> Self {
@@ -101,6 +107,7 @@ impl ListenerStats {
             codes: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             duration: Histogram::default(),
             connections: AtomicU64::new(0),
+            rejected: Default::default(),
         }
     }
 
@@ -109,6 +116,13 @@ impl ListenerStats {
             c.fetch_add(1, Ordering::Relaxed);
         }
         self.duration.observe_ns(duration_ns);
+    }
+
+    /// Counts a refused request head; `reason` is one of [`REJECT_REASONS`].
+    pub fn rejected(&self, reason: &str) {
+        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            self.rejected[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -280,6 +294,18 @@ impl Metrics {
                 escape(&l.name),
                 l.connections.load(Ordering::Relaxed)
             );
+        }
+        out.push_str("# HELP spindle_downstream_rejected_total Request heads refused before the filter chain (malformed, too large, too slow), by listener and reason.\n");
+        out.push_str("# TYPE spindle_downstream_rejected_total counter\n");
+        for l in &listeners {
+            for (reason, c) in REJECT_REASONS.iter().zip(&l.rejected) {
+                let _ = writeln!(
+                    out,
+                    "spindle_downstream_rejected_total{{listener=\"{}\",reason=\"{reason}\"}} {}",
+                    escape(&l.name),
+                    c.load(Ordering::Relaxed)
+                );
+            }
         }
         out.push_str("# HELP spindle_filter_calls_total Filter hook calls, by filter and hook.\n");
         out.push_str("# TYPE spindle_filter_calls_total counter\n");

@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::pool::{BoxError, UpstreamBody};
+use crate::listener::RequestBody;
 
 /// The body of one upstream attempt. An enum rather than a boxed trait object:
 /// this is on every request's path.
@@ -20,7 +20,7 @@ pub enum UpBody {
     /// What was read while trying to buffer, then the rest of the downstream body.
     Stream {
         prefix: VecDeque<Bytes>,
-        rest: Incoming,
+        rest: RequestBody,
     },
 }
 
@@ -36,7 +36,7 @@ impl UpBody {
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

@@ -20,7 +20,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -28,7 +28,8 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 use super::body::UpBody;
-use super::pool::{Checkin, Open};
+use super::pool::{BoxError, Checkin, Open};
+use crate::http1::{self, Chunk, DecodeError, Framing, Source, connection_has};
 
 /// The largest response head read (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -36,8 +37,6 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
-/// The longest chunk-size line or trailer line accepted.
-const MAX_LINE_BYTES: usize = 4096;
 /// A request body up to this size is written in the same write as the head.
 const COALESCE_BYTES: usize = 16 * 1024;
 
@@ -52,9 +51,19 @@ pub enum H1Error {
     #[error("invalid response: {0}")]
     Invalid(&'static str),
     #[error("reading the request body: {0}")]
-    RequestBody(hyper::Error),
+    RequestBody(BoxError),
     #[error("the request body did not match its content-length")]
     BodyLength,
+}
+
+impl From<DecodeError> for H1Error {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Incomplete => H1Error::Incomplete,
+            DecodeError::Io(e) => H1Error::Io(e),
+            DecodeError::Invalid(why) => H1Error::Invalid(why),
+        }
+    }
 }
 
 /// One HTTP/1.1 connection to an endpoint, between exchanges.
@@ -140,14 +149,6 @@ impl Conn {
             Some(_) => Ok(()),
             None => Ok(self.io.write_all(b"0\r\n\r\n").await?),
         }
-    }
-
-    /// Reads bytes into the buffer: 0 when the endpoint closed its side. Through the stream's
-    /// `poll_read`, which forgets the socket's readiness after a short read: the next read
-    /// waits for the runtime instead of making a system call that would find nothing.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(READ_CHUNK);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Reads the response head (skipping `1xx` ones) to a response whose body reads the rest
@@ -255,6 +256,20 @@ impl Conn {
     }
 }
 
+impl Source for Conn {
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Through the stream's `poll_read`, which forgets the socket's readiness after a short
+    /// read: the next read waits for the runtime instead of making a system call that would
+    /// find nothing.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
 /// A request as written on the wire: its head, and its body when that is complete and small.
 pub struct Wire {
     bytes: Vec<u8>,
@@ -320,39 +335,6 @@ fn encode_head(parts: &http::request::Parts, body: &UpBody) -> Vec<u8> {
     out
 }
 
-/// Whether the `connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// How a response body ends (RFC 9112 section 6.3).
-enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the endpoint closes.
-    Close,
-    /// Read to the end.
-    Done,
-}
-
-/// Where a chunked body's reader is.
-enum Chunk {
-    /// Before a chunk-size line.
-    Size,
-    /// Inside a chunk's data: this many bytes are left.
-    Data(u64),
-    /// After a chunk's data: its CRLF.
-    DataEnd,
-    /// After the last chunk: trailer lines up to an empty one.
-    Trailers,
-}
-
 fn framing(method: &Method, resp: &Response<()>) -> Result<Framing, H1Error> {
     let status = resp.status();
     if method == Method::HEAD
@@ -362,34 +344,14 @@ fn framing(method: &Method, resp: &Response<()>) -> Result<Framing, H1Error> {
         return Ok(Framing::Done);
     }
     let headers = resp.headers();
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|t| !t.is_empty())
-    {
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
+    if let Some(chunked) = http1::chunked(headers) {
+        return Ok(if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
         });
     }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        let n = v
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|t| t.parse::<u64>().ok())
-            .ok_or(H1Error::Invalid("bad content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(H1Error::Invalid("conflicting content-length"));
-        }
-        length = Some(n);
-    }
+    let length = http1::content_length(headers).map_err(H1Error::Invalid)?;
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
@@ -429,56 +391,6 @@ impl ResponseBody {
         self.framing = Framing::Done;
         Poll::Ready(Some(Err(e)))
     }
-
-    /// Takes up to `limit` bytes of data from the buffer, reading when it is empty.
-    fn poll_data(
-        &mut self,
-        cx: &mut Context<'_>,
-        limit: u64,
-    ) -> Poll<Result<Option<Bytes>, H1Error>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(Err(H1Error::Incomplete));
-        };
-        if conn.buf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
-            return Poll::Ready(Ok(None));
-        }
-        let take = conn
-            .buf
-            .len()
-            .min(usize::try_from(limit).unwrap_or(usize::MAX));
-        Poll::Ready(Ok(Some(conn.buf.split_to(take).freeze())))
-    }
-
-    /// A complete line (without its CRLF) from the buffer, reading as needed.
-    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, H1Error>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(Err(H1Error::Incomplete));
-        };
-        loop {
-            if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = conn.buf.split_to(i).freeze();
-                conn.buf.advance(2);
-                return Poll::Ready(Ok(line));
-            }
-            if conn.buf.len() > MAX_LINE_BYTES {
-                return Poll::Ready(Err(H1Error::Invalid("chunk line too long")));
-            }
-            if ready!(conn.poll_fill(cx))? == 0 {
-                return Poll::Ready(Err(H1Error::Incomplete));
-            }
-        }
-    }
-}
-
-/// The size of a chunk-size line: hex digits, then optional extensions after `;`.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.split(|&b| b == b';').next()?;
-    let digits = digits.trim_ascii();
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
-    let text = std::str::from_utf8(digits).ok()?;
-    u64::from_str_radix(text, 16).ok()
 }
 
 impl Body for ResponseBody {
@@ -490,68 +402,22 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
-        loop {
-            match this.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(0) => {
-                    this.settle();
-                    return Poll::Ready(None);
-                }
-                Framing::Length(left) => match ready!(this.poll_data(cx, left)) {
-                    Ok(Some(data)) => {
-                        this.framing = Framing::Length(left - data.len() as u64);
-                        this.settle();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(None) => return this.fail(H1Error::Incomplete),
-                    Err(e) => return this.fail(e),
-                },
-                Framing::Close => match ready!(this.poll_data(cx, u64::MAX)) {
-                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(None) => {
-                        this.conn = None;
-                        this.framing = Framing::Done;
-                        return Poll::Ready(None);
-                    }
-                    Err(e) => return this.fail(e),
-                },
-                Framing::Chunked(Chunk::Size) => match ready!(this.poll_line(cx)) {
-                    Ok(line) => match chunk_size(&line) {
-                        Some(0) => this.framing = Framing::Chunked(Chunk::Trailers),
-                        Some(n) => this.framing = Framing::Chunked(Chunk::Data(n)),
-                        None => return this.fail(H1Error::Invalid("bad chunk size")),
-                    },
-                    Err(e) => return this.fail(e),
-                },
-                Framing::Chunked(Chunk::Data(left)) => match ready!(this.poll_data(cx, left)) {
-                    Ok(Some(data)) => {
-                        let left = left - data.len() as u64;
-                        this.framing = Framing::Chunked(if left == 0 {
-                            Chunk::DataEnd
-                        } else {
-                            Chunk::Data(left)
-                        });
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(None) => return this.fail(H1Error::Incomplete),
-                    Err(e) => return this.fail(e),
-                },
-                Framing::Chunked(Chunk::DataEnd) => match ready!(this.poll_line(cx)) {
-                    Ok(line) if line.is_empty() => this.framing = Framing::Chunked(Chunk::Size),
-                    Ok(_) => return this.fail(H1Error::Invalid("chunk without its CRLF")),
-                    Err(e) => return this.fail(e),
-                },
-                Framing::Chunked(Chunk::Trailers) => match ready!(this.poll_line(cx)) {
-                    Ok(line) if line.is_empty() => {
-                        this.framing = Framing::Done;
-                        this.settle();
-                        return Poll::Ready(None);
-                    }
-                    // Trailer fields are dropped.
-                    Ok(_) => {}
-                    Err(e) => return this.fail(e),
-                },
+        if this.framing == Framing::Done {
+            return Poll::Ready(None);
+        }
+        let Some(conn) = this.conn.as_mut() else {
+            return this.fail(H1Error::Incomplete);
+        };
+        match ready!(http1::poll_decode(&mut this.framing, conn, cx)) {
+            Some(Ok(data)) => {
+                this.settle();
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
+            None => {
+                this.settle();
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => this.fail(e.into()),
         }
     }
 
@@ -804,15 +670,5 @@ mod tests {
             ),
             "PUT /a?b=1 HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc"
         );
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex_with_optional_extensions() {
-        assert_eq!(chunk_size(b"1a"), Some(26));
-        assert_eq!(chunk_size(b"A ; name=value"), Some(10));
-        assert_eq!(chunk_size(b"0"), Some(0));
-        assert_eq!(chunk_size(b""), None);
-        assert_eq!(chunk_size(b"zz"), None);
-        assert_eq!(chunk_size(b"11111111111111111"), None, "more than 64 bits");
     }
 }

@@ -1,0 +1,337 @@
+//! What both sides of HTTP/1.1 share: reading message bodies by their framing (RFC 9112
+//! section 6), chunked decoding and the `connection` header's tokens. The listener reads
+//! request bodies with it, the upstream client response bodies.
+
+use std::io;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+
+/// The longest chunk-size line or trailer line accepted.
+const MAX_LINE_BYTES: usize = 4096;
+
+/// Bytes read from a connection, and the way to read more.
+pub trait Source {
+    fn buffer(&mut self) -> &mut BytesMut;
+    /// Reads into the buffer: `Ok(0)` when the peer closed its side.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>>;
+}
+
+/// How a message body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the peer closes (responses only).
+    Close,
+    /// Read to the end.
+    Done,
+}
+
+/// Where a chunked body's reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data: this many bytes are left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+}
+
+impl Framing {
+    /// Whether nothing is left to read.
+    pub fn is_done(self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+
+    /// The bytes left, when known.
+    pub fn exact(self) -> Option<u64> {
+        match self {
+            Framing::Done => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("connection closed before the body was complete")]
+    Incomplete,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// The next piece of the body: `None` once it ended (and `framing` is `Done`). A body
+/// framed by the close ends at the peer's close; every other one that meets it is
+/// incomplete.
+pub fn poll_decode<S: Source>(
+    framing: &mut Framing,
+    src: &mut S,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Bytes, DecodeError>>> {
+    loop {
+        match *framing {
+            Framing::Done => return Poll::Ready(None),
+            Framing::Length(0) => {
+                *framing = Framing::Done;
+                return Poll::Ready(None);
+            }
+            Framing::Length(left) => {
+                let data = match ready!(poll_data(src, cx, left)) {
+                    Ok(Some(data)) => data,
+                    Ok(None) => return Poll::Ready(Some(Err(DecodeError::Incomplete))),
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                };
+                *framing = Framing::Length(left - data.len() as u64);
+                return Poll::Ready(Some(Ok(data)));
+            }
+            Framing::Close => {
+                return match ready!(poll_data(src, cx, u64::MAX)) {
+                    Ok(Some(data)) => Poll::Ready(Some(Ok(data))),
+                    Ok(None) => {
+                        *framing = Framing::Done;
+                        Poll::Ready(None)
+                    }
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                };
+            }
+            Framing::Chunked(Chunk::Size) => match ready!(poll_line(src, cx)) {
+                Ok(line) => match chunk_size(&line) {
+                    Some(0) => *framing = Framing::Chunked(Chunk::Trailers),
+                    Some(n) => *framing = Framing::Chunked(Chunk::Data(n)),
+                    None => return Poll::Ready(Some(Err(DecodeError::Invalid("bad chunk size")))),
+                },
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            },
+            Framing::Chunked(Chunk::Data(left)) => {
+                let data = match ready!(poll_data(src, cx, left)) {
+                    Ok(Some(data)) => data,
+                    Ok(None) => return Poll::Ready(Some(Err(DecodeError::Incomplete))),
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                };
+                let left = left - data.len() as u64;
+                *framing = Framing::Chunked(if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                });
+                return Poll::Ready(Some(Ok(data)));
+            }
+            Framing::Chunked(Chunk::DataEnd) => match ready!(poll_line(src, cx)) {
+                Ok(line) if line.is_empty() => *framing = Framing::Chunked(Chunk::Size),
+                Ok(_) => {
+                    return Poll::Ready(Some(Err(DecodeError::Invalid("chunk without its CRLF"))));
+                }
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            },
+            Framing::Chunked(Chunk::Trailers) => match ready!(poll_line(src, cx)) {
+                Ok(line) if line.is_empty() => {
+                    *framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                // Trailer fields are dropped.
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            },
+        }
+    }
+}
+
+/// Takes up to `limit` bytes from the buffer, reading when it is empty; `None` at the close.
+fn poll_data<S: Source>(
+    src: &mut S,
+    cx: &mut Context<'_>,
+    limit: u64,
+) -> Poll<io::Result<Option<Bytes>>> {
+    if src.buffer().is_empty() && ready!(src.poll_fill(cx))? == 0 {
+        return Poll::Ready(Ok(None));
+    }
+    let buf = src.buffer();
+    let take = buf.len().min(usize::try_from(limit).unwrap_or(usize::MAX));
+    Poll::Ready(Ok(Some(buf.split_to(take).freeze())))
+}
+
+/// A complete line (without its CRLF) from the buffer, reading as needed.
+fn poll_line<S: Source>(src: &mut S, cx: &mut Context<'_>) -> Poll<Result<Bytes, DecodeError>> {
+    loop {
+        let buf = src.buffer();
+        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(i).freeze();
+            buf.advance(2);
+            return Poll::Ready(Ok(line));
+        }
+        if buf.len() > MAX_LINE_BYTES {
+            return Poll::Ready(Err(DecodeError::Invalid("chunk line too long")));
+        }
+        if ready!(src.poll_fill(cx))? == 0 {
+            return Poll::Ready(Err(DecodeError::Incomplete));
+        }
+    }
+}
+
+/// The size of a chunk-size line: hex digits, then optional extensions after `;`.
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.split(|&b| b == b';').next()?;
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let text = std::str::from_utf8(digits).ok()?;
+    u64::from_str_radix(text, 16).ok()
+}
+
+/// Whether the `connection` header lists `token`.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the last transfer coding is `chunked`: `None` without `transfer-encoding`.
+pub fn chunked(headers: &HeaderMap) -> Option<bool> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|t| !t.is_empty())
+        .map(|last| last.eq_ignore_ascii_case("chunked"))
+        .or_else(|| {
+            // Present but empty or not text: a coding we cannot read.
+            headers
+                .contains_key(header::TRANSFER_ENCODING)
+                .then_some(false)
+        })
+}
+
+/// The `content-length`: `Ok(None)` without one, an error when a value is not a number or
+/// two disagree.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let n = v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or("bad content-length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting content-length");
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source fed from a list of reads.
+    struct Reads {
+        buf: BytesMut,
+        reads: std::collections::VecDeque<&'static [u8]>,
+    }
+
+    impl Source for Reads {
+        fn buffer(&mut self) -> &mut BytesMut {
+            &mut self.buf
+        }
+        fn poll_fill(&mut self, _: &mut Context<'_>) -> Poll<io::Result<usize>> {
+            let next = self.reads.pop_front().unwrap_or_default();
+            self.buf.extend_from_slice(next);
+            Poll::Ready(Ok(next.len()))
+        }
+    }
+
+    fn decode(mut framing: Framing, reads: &[&'static [u8]]) -> (Vec<u8>, Result<(), String>) {
+        let mut src = Reads {
+            buf: BytesMut::new(),
+            reads: reads.iter().copied().collect(),
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            match poll_decode(&mut framing, &mut src, &mut cx) {
+                Poll::Ready(Some(Ok(b))) => out.extend_from_slice(&b),
+                Poll::Ready(Some(Err(e))) => return (out, Err(e.to_string())),
+                Poll::Ready(None) => return (out, Ok(())),
+                Poll::Pending => unreachable!("the test source is always ready"),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_reads_and_leave_what_follows() {
+        let (body, end) = decode(
+            Framing::Chunked(Chunk::Size),
+            &[
+                b"5;ext=1\r\nhel",
+                b"lo\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+            ],
+        );
+        assert_eq!((body.as_slice(), end), (&b"hello world"[..], Ok(())));
+        let (body, end) = decode(Framing::Chunked(Chunk::Size), &[b"5\r\nhel"]);
+        assert_eq!(body, b"hel");
+        assert!(end.unwrap_err().contains("closed"));
+        let (_, end) = decode(Framing::Chunked(Chunk::Size), &[b"zz\r\n"]);
+        assert!(end.unwrap_err().contains("chunk size"));
+        let (_, end) = decode(Framing::Chunked(Chunk::Size), &[b"1\r\nab\r\n"]);
+        assert!(end.unwrap_err().contains("CRLF"));
+    }
+
+    #[test]
+    fn length_and_close_framings_end_where_they_say() {
+        let (body, end) = decode(Framing::Length(4), &[b"ab", b"cdEXTRA"]);
+        assert_eq!((body.as_slice(), end), (&b"abcd"[..], Ok(())));
+        let (_, end) = decode(Framing::Length(4), &[b"ab"]);
+        assert!(end.is_err());
+        let (body, end) = decode(Framing::Close, &[b"ab", b"cd"]);
+        assert_eq!((body.as_slice(), end), (&b"abcd"[..], Ok(())));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"FF ; name=value"), Some(255));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b""), None);
+        assert_eq!(chunk_size(b"xyz"), None);
+        assert_eq!(chunk_size(b"11111111111111111"), None);
+    }
+
+    #[test]
+    fn framing_headers_are_read_strictly() {
+        let mut h = HeaderMap::new();
+        assert_eq!(chunked(&h), None);
+        assert_eq!(content_length(&h), Ok(None));
+        h.append(header::TRANSFER_ENCODING, "gzip, chunked".parse().unwrap());
+        assert_eq!(chunked(&h), Some(true));
+        h.append(header::TRANSFER_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(chunked(&h), Some(false));
+        h.append(header::CONTENT_LENGTH, "12".parse().unwrap());
+        h.append(header::CONTENT_LENGTH, " 12".parse().unwrap());
+        assert_eq!(content_length(&h), Ok(Some(12)));
+        h.append(header::CONTENT_LENGTH, "13".parse().unwrap());
+        assert!(content_length(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, "+5".parse().unwrap());
+        assert!(content_length(&h).is_err());
+        h.insert(header::CONNECTION, "Keep-Alive, Upgrade".parse().unwrap());
+        assert!(connection_has(&h, "upgrade") && !connection_has(&h, "close"));
+    }
+}
