@@ -1,0 +1,270 @@
+//! HTTP/1.1 as clients speak it, on raw sockets: pipelined requests, bodies of every framing
+//! on one keep-alive connection, `Expect: 100-continue`, HTTP/1.0, `HEAD`, `connection:
+//! close`, and request heads that are refused before the chain (counted by reason).
+
+use std::time::Duration;
+
+use spindle_tests::config::{cluster, head, round_robin, router_all_to};
+use spindle_tests::{Spindle, Upstream, bounded};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+fn config() -> String {
+    head(&["router", "balancer"]) + &router_all_to("api") + &round_robin() + &cluster("api", &["a"])
+}
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Header lines, names lower-cased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A client connection that reads responses one by one, keeping what follows.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(sp: &Spindle) -> Conn {
+        Conn {
+            s: TcpStream::connect(sp.listener_addr("edge")).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more; false at the close.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(10), self.s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!(
+                "no answer within 10 s; have {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill().await, "closed inside a line");
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "closed inside a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// One response; `no_body` for the answer to a `HEAD`.
+    async fn answer(&mut self, no_body: bool) -> Answer {
+        let status_line = self.line().await;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("status line {status_line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                break;
+            }
+            let (n, v) = line.split_once(':').expect("header line");
+            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if no_body || status == 100 || status == 204 || status == 304 {
+            return answer;
+        }
+        if answer.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let size = usize::from_str_radix(&self.line().await, 16).expect("chunk size");
+                if size == 0 {
+                    assert_eq!(self.line().await, "", "no trailers");
+                    break;
+                }
+                let data = self.take(size).await;
+                answer.body.extend_from_slice(&data);
+                assert_eq!(self.take(2).await, b"\r\n");
+            }
+        } else if let Some(n) = answer.header("content-length") {
+            answer.body = self.take(n.parse().unwrap()).await;
+        } else {
+            while self.fill().await {}
+            answer.body = std::mem::take(&mut self.buf);
+        }
+        answer
+    }
+
+    /// Whether the server closed the connection (within 5 s) with nothing more to read.
+    async fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_and_bodies_of_every_framing_share_one_connection() {
+    bounded(Duration::from_secs(60), async {
+        let a = Upstream::start("a").await;
+        a.echo();
+        let sp = Spindle::start(&config(), &[&a]).await;
+        let mut c = Conn::open(&sp).await;
+        // Three requests in one write: a GET, a POST with a length, a chunked POST.
+        c.send(
+            b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n\
+              POST /two HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+              POST /three HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+              3;ext=1\r\nabc\r\n4\r\ndefg\r\n0\r\nx-trailer: t\r\n\r\n",
+        )
+        .await;
+        let one = c.answer(false).await;
+        let two = c.answer(false).await;
+        let three = c.answer(false).await;
+        assert_eq!((one.status, one.body.as_slice()), (200, &b""[..]));
+        assert_eq!((two.status, two.body.as_slice()), (200, &b"hello"[..]));
+        assert_eq!(
+            (three.status, three.body.as_slice()),
+            (200, &b"abcdefg"[..])
+        );
+        assert!(two.header("date").is_some(), "a date is added: {two:?}");
+        let paths: Vec<String> = a.seen().iter().map(|s| s.path.clone()).collect();
+        assert_eq!(paths, ["/one", "/two", "/three"]);
+        // The connection still serves: a body split over several writes.
+        c.send(b"PUT /four HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\nab")
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.send(b"cdef").await;
+        let four = c.answer(false).await;
+        assert_eq!((four.status, four.body.as_slice()), (200, &b"abcdef"[..]));
+        assert_eq!(a.seen()[3].body.as_ref(), b"abcdef");
+        // `connection: close` is answered, then the connection closes.
+        c.send(b"GET /five HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
+        let five = c.answer(false).await;
+        assert_eq!(five.status, 200);
+        assert_eq!(five.header("connection"), Some("close"));
+        assert!(c.closed().await);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_http10_and_head_are_answered_as_clients_expect() {
+    bounded(Duration::from_secs(60), async {
+        let a = Upstream::start("a").await;
+        a.echo();
+        let sp = Spindle::start(&config(), &[&a]).await;
+
+        // Expect: 100-continue gets its interim answer before the body is sent.
+        let mut c = Conn::open(&sp).await;
+        c.send(
+            b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await;
+        let interim = c.answer(false).await;
+        assert_eq!(interim.status, 100);
+        c.send(b"data").await;
+        let done = c.answer(false).await;
+        assert_eq!((done.status, done.body.as_slice()), (200, &b"data"[..]));
+        assert!(
+            a.seen()[0].headers.get("expect").is_none(),
+            "the expectation was met here, not passed on"
+        );
+
+        // HEAD: the head only, and the connection goes on.
+        c.send(b"HEAD /h HTTP/1.1\r\nhost: x\r\n\r\nGET /g HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let head = c.answer(true).await;
+        assert_eq!(head.status, 200);
+        let get = c.answer(false).await;
+        assert_eq!(get.status, 200);
+
+        // HTTP/1.0 with keep-alive stays open and says so; without it, closes.
+        let mut old = Conn::open(&sp).await;
+        old.send(b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await;
+        let first = old.answer(false).await;
+        assert_eq!(first.status, 200);
+        assert_eq!(first.header("connection"), Some("keep-alive"));
+        old.send(b"GET /b HTTP/1.0\r\n\r\n").await;
+        let second = old.answer(false).await;
+        assert_eq!(second.status, 200);
+        assert!(old.closed().await, "HTTP/1.0 without keep-alive closes");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_and_garbage_are_refused_and_counted() {
+    bounded(Duration::from_secs(60), async {
+        let a = Upstream::start("a").await;
+        let sp = Spindle::start(&config(), &[&a]).await;
+        for bad in [
+            &b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\nabcd",
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"HELLO THERE\r\n\r\n",
+        ] {
+            let mut c = Conn::open(&sp).await;
+            c.send(bad).await;
+            let answer = c.answer(false).await;
+            assert_eq!(answer.status, 400, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(answer.header("connection"), Some("close"));
+            assert!(c.closed().await);
+        }
+        assert_eq!(a.count(), 0, "nothing reached the upstream");
+        let rejected = sp
+            .metric(
+                "spindle_downstream_rejected_total",
+                &[("listener", "edge"), ("reason", "bad_request")],
+            )
+            .await;
+        assert_eq!(rejected, Some(4.0));
+        // A request body that ends early fails that request only.
+        let mut c = Conn::open(&sp).await;
+        c.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nshort").await;
+        c.s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.s.read_to_end(&mut rest).await;
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 400"), "{text}");
+        assert_eq!(a.count(), 0);
+    })
+    .await
+}
