@@ -237,6 +237,37 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> 
     Ok(length)
 }
 
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `n` in lowercase hex (a chunk size).
+pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = HEX[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +333,19 @@ mod tests {
         assert!(end.is_err());
         let (body, end) = decode(Framing::Close, &[b"ab", b"cd"]);
         assert_eq!((body.as_slice(), end), (&b"abcd"[..], Ok(())));
+    }
+
+    #[test]
+    fn numbers_are_written_without_formatting() {
+        let mut out = Vec::new();
+        for n in [0, 7, 10, 65536, u64::MAX] {
+            out.clear();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+            out.clear();
+            push_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").as_bytes());
+        }
     }
 
     #[test]

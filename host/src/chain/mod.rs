@@ -26,8 +26,8 @@ use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};
 use crate::telemetry::trace;
 use crate::upstream::{
-    self, AttemptResult, BoxError, Cluster, DownBody, Endpoint, H1Error, InFlight, SendError,
-    UpBody, UpstreamBody,
+    self, AttemptResult, BoxError, Cluster, DownBody, Endpoint, H1Error, HeadWriter, InFlight,
+    Outgoing, SendError, UpBody, UpstreamBody, Wire,
 };
 use crate::wasm::{
     AttemptAction, AttemptError, AttemptOutcome, FilterError, FilterModule, Hooks, RequestAction,
@@ -315,7 +315,7 @@ impl Run<'_> {
                     "request body cannot be replayed\n",
                 ));
             };
-            let req = self.upstream_request(&endpoint, up_body, pool.http2);
+            let req = self.outgoing(&endpoint, up_body, pool.http2);
             let per_try = self.per_try_timeout(settings.timeout_ms);
             let sent = Instant::now();
             let result = {
@@ -447,32 +447,75 @@ impl Run<'_> {
         Ok(delay)
     }
 
-    /// The request an attempt sends: origin-form target for HTTP/1.1 (the
-    /// endpoint gets the client's `Host`), absolute for HTTP/2 (`:authority`).
-    fn upstream_request(
-        &mut self,
-        endpoint: &Endpoint,
-        body: UpBody,
-        http2: bool,
-    ) -> Request<UpBody> {
+    /// The request an attempt sends, in the endpoint's protocol.
+    fn outgoing(&mut self, endpoint: &Endpoint, body: UpBody, http2: bool) -> Outgoing {
+        if http2 {
+            Outgoing::Http2(Box::new(self.http2_request(endpoint, body)))
+        } else {
+            let (wire, method) = self.http1_head(endpoint, &body);
+            Outgoing::Http1 { wire, method, body }
+        }
+    }
+
+    /// The HTTP/1.1 head, written straight from the request context: the client's headers
+    /// (without hop-by-hop ones, `x-request-id` and, when traced, the trace context), then
+    /// `host` when it had none, `x-request-id`, `x-forwarded-for` with the client added, and
+    /// the attempt's trace context. Origin-form target: the endpoint gets the client's `Host`.
+    fn http1_head(&mut self, endpoint: &Endpoint, body: &UpBody) -> (Wire, http::Method) {
+        let ctx = self.ctx();
+        let path = ctx.head.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Some(t) = ctx.trace.as_mut() {
+            trace::attempt_url(t, endpoint.authority.as_str(), path);
+        }
+        let mut context = HeaderMap::new();
+        if let Some(t) = &ctx.trace {
+            trace::inject(t.attempt.as_ref().unwrap_or(&t.server), &mut context);
+        }
+        let head = &ctx.head;
+        let listed = connection_listed(&head.headers);
+        let mut out = HeadWriter::new(&head.method, path);
+        let mut has_host = false;
+        let mut forwarded: Vec<u8> = Vec::new();
+        for (name, value) in &head.headers {
+            if HOP_BY_HOP.contains(name)
+                || *name == X_REQUEST_ID
+                || listed.as_ref().is_some_and(|l| l.contains(name))
+                || (ctx.trace.is_some() && (*name == TRACEPARENT || *name == TRACESTATE))
+            {
+                continue;
+            }
+            if *name == X_FORWARDED_FOR {
+                forwarded.extend_from_slice(value.as_bytes());
+                forwarded.extend_from_slice(b", ");
+                continue;
+            }
+            has_host |= *name == header::HOST;
+            out.header(name, value.as_bytes());
+        }
+        if !has_host && let Some(a) = head.uri.authority() {
+            out.raw(b"host", a.as_str().as_bytes());
+        }
+        out.raw(b"x-request-id", ctx.request_id.as_bytes());
+        push_ip(&mut forwarded, ctx.client.ip());
+        out.raw(b"x-forwarded-for", &forwarded);
+        for (name, value) in &context {
+            out.header(name, value.as_bytes());
+        }
+        let method = head.method.clone();
+        (out.finish(&method, body), method)
+    }
+
+    /// The HTTP/2 request: absolute URI (`:authority` is the endpoint).
+    fn http2_request(&mut self, endpoint: &Endpoint, body: UpBody) -> Request<UpBody> {
         let ctx = self.ctx();
         let head = &ctx.head;
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = if http2 {
-            http::Uri::builder()
-                .scheme("http")
-                .authority(endpoint.authority.clone())
-                .path_and_query(path)
-                .build()
-                .unwrap_or_default()
-        } else if head.uri.authority().is_none() {
-            head.uri.clone()
-        } else {
-            // An absolute-form request (RFC 9112 3.2.2) goes on in origin form.
-            head.uri
-                .path_and_query()
-                .map_or_else(|| http::Uri::from_static("/"), |p| p.clone().into())
-        };
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(endpoint.authority.clone())
+            .path_and_query(path)
+            .build()
+            .unwrap_or_default();
         let mut headers = head.headers.clone();
         strip_hop_by_hop(&mut headers);
         if !headers.contains_key(header::HOST)
@@ -725,19 +768,28 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// The headers `connection` names as hop-by-hop: `None` without a `connection` header.
+fn connection_listed(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    if !headers.contains_key(header::CONNECTION) {
+        return None;
+    }
+    Some(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect(),
+    )
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names instead of seven removals.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    for n in connection_listed(headers).unwrap_or_default() {
         headers.remove(n);
     }
     for n in &HOP_BY_HOP {
@@ -748,6 +800,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 // Named once: a lookup by `&str` parses and hashes the name on every call.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     let ip = ip_text(client.ip());
@@ -764,6 +818,20 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     // Bytes from the Vec without a copy; the value is checked, not copied.
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Appends an IP address as text.
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    let std::net::IpAddr::V4(v4) = ip else {
+        out.extend_from_slice(ip.to_string().as_bytes());
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        crate::http1::push_decimal(out, u64::from(octet));
     }
 }
 

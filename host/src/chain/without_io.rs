@@ -75,7 +75,7 @@ impl Run<'_> {
             Err(outcome) => return *outcome,
         };
         // Built as for a real attempt, then dropped instead of sent.
-        let sent_req = self.upstream_request(&endpoint, UpBody::full(Bytes::new()), false);
+        let sent_req = self.outgoing(&endpoint, UpBody::full(Bytes::new()), false);
         let sent = Instant::now();
         let in_flight = InFlight::new(endpoint.clone());
         drop(sent_req);

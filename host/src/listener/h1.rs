@@ -125,7 +125,7 @@ impl Reject {
         let mut out = Vec::with_capacity(160);
         status_line(&mut out, status);
         out.extend_from_slice(b"content-type: text/plain\r\ncontent-length: ");
-        out.extend_from_slice((text.len() + 1).to_string().as_bytes());
+        http1::push_decimal(&mut out, text.len() as u64 + 1);
         out.extend_from_slice(b"\r\nconnection: close\r\n");
         push_date(&mut out);
         out.extend_from_slice(b"\r\n");
@@ -386,34 +386,32 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
     let cut = |(at, n): (u32, u32)| head.slice(at as usize..(at + n) as usize);
     let uri = Uri::from_maybe_shared(cut(target)).map_err(|_| Reject::Bad("bad request target"))?;
     let mut headers = HeaderMap::with_capacity(count);
+    // Which framing and connection headers are there, noted on the way: most requests have
+    // none, and each lookup hashes the name.
+    let (mut framed, mut connection, mut expect) = (false, false, false);
     for span in &spans[..count] {
         let (at, n) = span.name;
         let name = HeaderName::from_bytes(&head[at as usize..(at + n) as usize])
             .map_err(|_| Reject::Bad("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(cut(span.value))
             .map_err(|_| Reject::Bad("bad header value"))?;
+        framed |= name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH;
+        connection |= name == header::CONNECTION;
+        expect |= name == header::EXPECT;
         headers.append(name, value);
     }
-    let framing = match http1::chunked(&headers) {
-        Some(_) if version == Version::HTTP_10 => {
-            return Err(Reject::Bad("transfer-encoding in an HTTP/1.0 request"));
-        }
-        Some(_) if headers.contains_key(header::CONTENT_LENGTH) => {
-            return Err(Reject::Bad("both transfer-encoding and content-length"));
-        }
-        Some(true) => Framing::Chunked(Chunk::Size),
-        Some(false) => return Err(Reject::Bad("transfer-encoding does not end in chunked")),
-        None => match http1::content_length(&headers).map_err(Reject::Bad)? {
-            Some(n) => Framing::Length(n),
-            None => Framing::Done,
-        },
+    let framing = if framed {
+        framing(&headers, version)?
+    } else {
+        Framing::Done
     };
     let keep_alive = match version {
-        Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-        _ => !connection_has(&headers, "close"),
+        Version::HTTP_10 => connection && connection_has(&headers, "keep-alive"),
+        _ => !(connection && connection_has(&headers, "close")),
     };
     // Answered here; the endpoint gets the body without being asked.
-    let expects_continue = version == Version::HTTP_11
+    let expects_continue = expect
+        && version == Version::HTTP_11
         && headers
             .remove(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -428,6 +426,24 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
         keep_alive,
         expects_continue,
     }))
+}
+
+/// A request body's framing (RFC 9112 section 6), refusing the shapes requests are smuggled in.
+fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Reject> {
+    Ok(match http1::chunked(headers) {
+        Some(_) if version == Version::HTTP_10 => {
+            return Err(Reject::Bad("transfer-encoding in an HTTP/1.0 request"));
+        }
+        Some(_) if headers.contains_key(header::CONTENT_LENGTH) => {
+            return Err(Reject::Bad("both transfer-encoding and content-length"));
+        }
+        Some(true) => Framing::Chunked(Chunk::Size),
+        Some(false) => return Err(Reject::Bad("transfer-encoding does not end in chunked")),
+        None => match http1::content_length(headers).map_err(Reject::Bad)? {
+            Some(n) => Framing::Length(n),
+            None => Framing::Done,
+        },
+    })
 }
 
 fn status_line(out: &mut Vec<u8>, status: StatusCode) {
@@ -493,11 +509,12 @@ async fn write_response(
     let keep_alive = keep_alive && out_framing != Out::Close;
     let mut out = Vec::with_capacity(256);
     status_line(&mut out, status);
-    let mut has_length = false;
+    let (mut has_length, mut has_date) = (false, false);
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
+        has_date |= name == header::DATE;
         if name == header::CONTENT_LENGTH {
             // A HEAD or 304 response says what the body would be; elsewhere the body decides.
             if !no_body || status == StatusCode::NO_CONTENT {
@@ -525,7 +542,7 @@ async fn write_response(
     } else if http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         push_date(&mut out);
     }
     out.extend_from_slice(b"\r\n");
@@ -539,7 +556,7 @@ async fn write_response(
 
 fn push_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(n.to_string().as_bytes());
+    http1::push_decimal(out, n);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -594,7 +611,8 @@ async fn write_body(
             return Ok(false);
         }
         if framing == Out::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            http1::push_hex(&mut out, data.len() as u64);
+            out.extend_from_slice(b"\r\n");
         }
         if out.len() + data.len() <= COALESCE_BYTES {
             out.extend_from_slice(&data);

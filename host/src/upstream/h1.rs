@@ -95,7 +95,7 @@ impl Conn {
         }
     }
 
-    /// Writes the request: `wire` (from [`encode_request`]), then what of the body it does
+    /// Writes the request: `wire` (from a [`HeadWriter`]), then what of the body it does
     /// not hold. A complete body is only read, so the request can be written again elsewhere
     /// when this fails.
     pub async fn write_request(&mut self, wire: &Wire, body: &mut UpBody) -> Result<(), H1Error> {
@@ -137,8 +137,10 @@ impl Conn {
                 Some(n) if sent > n => return Err(H1Error::BodyLength),
                 Some(_) => self.io.write_all(&data).await?,
                 None => {
-                    let size = format!("{:x}\r\n", data.len());
-                    self.io.write_all(size.as_bytes()).await?;
+                    let mut size = Vec::with_capacity(18);
+                    http1::push_hex(&mut size, data.len() as u64);
+                    size.extend_from_slice(b"\r\n");
+                    self.io.write_all(&size).await?;
                     self.io.write_all(&data).await?;
                     self.io.write_all(b"\r\n").await?;
                 }
@@ -277,62 +279,91 @@ pub struct Wire {
     has_body: bool,
 }
 
-/// The request in HTTP/1.1 form: origin-form target, the headers as given except
-/// `content-length` and `transfer-encoding`, which follow from `body`; a complete body of up
-/// to 16 KiB follows in the same bytes (one write).
-pub fn encode_request(parts: &http::request::Parts, body: &UpBody) -> Wire {
-    let mut out = encode_head(parts, body);
-    let has_body = match body {
-        UpBody::Full(b) => {
-            let b = b.as_deref().unwrap_or_default();
-            let small = b.len() <= COALESCE_BYTES;
-            if small {
-                out.extend_from_slice(b);
-            }
-            small
+/// A request head being written in HTTP/1.1 form.
+pub struct HeadWriter {
+    out: Vec<u8>,
+    had_length: bool,
+}
+
+impl HeadWriter {
+    /// The request line, with an origin-form `target`.
+    pub fn new(method: &Method, target: &str) -> Self {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        Self {
+            out,
+            had_length: false,
         }
-        UpBody::Stream { .. } => false,
-    };
-    Wire {
-        bytes: out,
-        has_body,
+    }
+
+    /// Adds a header, except `content-length` and `transfer-encoding`: those follow from the
+    /// body.
+    pub fn header(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == header::CONTENT_LENGTH {
+            self.had_length = true;
+            return;
+        }
+        if name == header::TRANSFER_ENCODING {
+            return;
+        }
+        self.raw(name.as_str().as_bytes(), value);
+    }
+
+    /// Adds a header whose name is neither of those.
+    pub fn raw(&mut self, name: &[u8], value: &[u8]) {
+        self.out.extend_from_slice(name);
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Ends the head with the body's framing: `content-length` when its size is known (none
+    /// for an empty body of a method that takes none, unless the client sent one), else
+    /// chunked. A complete body of up to 16 KiB follows in the same bytes (one write).
+    pub fn finish(mut self, method: &Method, body: &UpBody) -> Wire {
+        let out = &mut self.out;
+        match body.size_hint().exact() {
+            Some(0)
+                if !self.had_length
+                    && !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {}
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                http1::push_decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
+        let has_body = match body {
+            UpBody::Full(b) => {
+                let b = b.as_deref().unwrap_or_default();
+                let small = b.len() <= COALESCE_BYTES;
+                if small {
+                    out.extend_from_slice(b);
+                }
+                small
+            }
+            UpBody::Stream { .. } => false,
+        };
+        Wire {
+            bytes: self.out,
+            has_body,
+        }
     }
 }
 
-fn encode_head(parts: &http::request::Parts, body: &UpBody) -> Vec<u8> {
+/// The request in HTTP/1.1 form: origin-form target, the headers as given.
+#[cfg(test)]
+fn encode_request(parts: &http::request::Parts, body: &UpBody) -> Wire {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut had_length = false;
+    let mut head = HeadWriter::new(&parts.method, target);
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH {
-            had_length = true;
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        head.header(name, value.as_bytes());
     }
-    match body.size_hint().exact() {
-        Some(0)
-            if !had_length
-                && !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {}
-        Some(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    out.extend_from_slice(b"\r\n");
-    out
+    head.finish(&parts.method, body)
 }
 
 fn framing(method: &Method, resp: &Response<()>) -> Result<Framing, H1Error> {
@@ -446,7 +477,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::upstream::{Cluster, Endpoint, SendError, Upstreams, send};
+    use crate::upstream::{Cluster, Endpoint, Outgoing, SendError, Upstreams, send};
 
     /// An endpoint that answers each request head it reads on one connection with the next of
     /// `answers`, each written in the given pieces, then closes.
@@ -512,8 +543,9 @@ mod tests {
         ep: &Arc<Endpoint>,
         method: Method,
     ) -> Result<(Response<()>, Result<Bytes, String>), SendError> {
-        let mut req = Request::new(UpBody::full(Bytes::new()));
-        *req.method_mut() = method;
+        let body = UpBody::full(Bytes::new());
+        let wire = HeadWriter::new(&method, "/").finish(&method, &body);
+        let req = Outgoing::Http1 { wire, method, body };
         let settings = Cluster::pool_settings(&cluster.settings.load());
         let resp = send(ep, settings, &cluster.connections, req).await?;
         let (parts, body) = resp.into_parts();

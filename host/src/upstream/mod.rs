@@ -8,5 +8,7 @@ mod pool;
 
 pub use self::body::{DownBody, UpBody};
 pub use self::cluster::{AttemptResult, Cluster, Endpoint, Healthy, InFlight, Upstreams};
-pub use self::h1::H1Error;
-pub use self::pool::{BoxError, ConnStats, PoolSettings, SendError, UpstreamBody, discard, send};
+pub use self::h1::{H1Error, HeadWriter, Wire};
+pub use self::pool::{
+    BoxError, ConnStats, Outgoing, PoolSettings, SendError, UpstreamBody, discard, send,
+};

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use super::cluster::Endpoint;
-use super::h1::{self, H1Error};
+use super::h1::{self, H1Error, Wire};
 
 /// How long an unused keep-alive connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -137,25 +137,34 @@ pub enum SendError {
     H1(#[from] H1Error),
 }
 
-/// Sends `req` to `endpoint`: on one of its idle connections when it has one
+/// A request ready for its endpoint's protocol.
+pub enum Outgoing {
+    /// HTTP/1.1: the head already in wire form (see [`HeadWriter`]).
+    Http1 {
+        wire: Wire,
+        method: Method,
+        body: UpBody,
+    },
+    /// HTTP/2: the request as hyper sends it (boxed: every HTTP/1.1 send future would carry
+    /// its size).
+    Http2(Box<Request<UpBody>>),
+}
+
+/// Sends a request to `endpoint`: on one of its idle connections when it has one
 /// (a request that a reused connection never started to write goes to the
 /// next, then to a new one), else on a new connection.
 pub async fn send(
     endpoint: &Arc<Endpoint>,
     settings: PoolSettings,
     stats: &Arc<ConnStats>,
-    req: Request<UpBody>,
+    req: Outgoing,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    // The paths that connect are boxed: each request's future is allocated whole, the holes
-    // it leaves in the heap add to what an idle keep-alive connection costs, and a connect's
-    // state (name lookup, TCP, handshake) is large.
-    if settings.http2 {
-        return Box::pin(send_http2(endpoint, settings, stats, req)).await;
-    }
-    // Only the method is needed past this point: the rest of the head is in `wire`.
-    let (wire, method, mut body) = {
-        let (parts, body) = req.into_parts();
-        (h1::encode_request(&parts, &body), parts.method, body)
+    let (wire, method, mut body) = match req {
+        Outgoing::Http1 { wire, method, body } => (wire, method, body),
+        // The paths that connect are boxed: each request's future is allocated whole, the
+        // holes it leaves in the heap add to what an idle keep-alive connection costs, and a
+        // connect's state (name lookup, TCP, handshake) is large.
+        Outgoing::Http2(req) => return Box::pin(send_http2(endpoint, settings, stats, *req)).await,
     };
     let conn = loop {
         let Some(mut conn) = endpoint.conns.take_http1() else {
@@ -387,12 +396,14 @@ mod tests {
         let cluster = u.cluster("api").expect("cluster");
         let endpoint = cluster.members()[0].clone();
         let settings = crate::upstream::Cluster::pool_settings(&cfg);
-        let sending = send(
-            &endpoint,
-            settings,
-            &cluster.connections,
-            Request::new(UpBody::full(Bytes::new())),
-        );
+        let body = UpBody::full(Bytes::new());
+        let wire = h1::HeadWriter::new(&Method::GET, "/").finish(&Method::GET, &body);
+        let req = Outgoing::Http1 {
+            wire,
+            method: Method::GET,
+            body,
+        };
+        let sending = send(&endpoint, settings, &cluster.connections, req);
         // Every request's future is allocated whole, and the holes it leaves behind make up
         // part of the memory an idle keep-alive connection costs: connecting is boxed.
         let size = std::mem::size_of_val(&sending);
