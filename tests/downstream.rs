@@ -1,6 +1,7 @@
 //! HTTP/1.1 as clients speak it, on raw sockets: pipelined requests, bodies of every framing
 //! on one keep-alive connection, `Expect: 100-continue`, HTTP/1.0, `HEAD`, `connection:
-//! close`, and request heads that are refused before the chain (counted by reason).
+//! close`, and request heads that are refused before the chain (counted by reason). Served by
+//! one thread (`worker_threads = 1`, a current-thread runtime).
 
 use std::time::Duration;
 
@@ -9,8 +10,13 @@ use spindle_tests::{Spindle, Upstream, bounded};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+/// One serving thread: the current-thread runtime `worker_threads = 1` selects.
 fn config() -> String {
-    head(&["router", "balancer"]) + &router_all_to("api") + &round_robin() + &cluster("api", &["a"])
+    head(&["router", "balancer"])
+        + &router_all_to("api")
+        + &round_robin()
+        + &cluster("api", &["a"])
+        + "\n[runtime]\nworker_threads = 1\n"
 }
 
 /// One response read off a raw connection.

@@ -6,10 +6,62 @@ use std::io;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The longest chunk-size line or trailer line accepted.
 const MAX_LINE_BYTES: usize = 4096;
+/// The most headers a request or response head may have.
+pub const MAX_HEADERS: usize = 100;
+
+/// Where a header's name and value are in the head's bytes.
+#[derive(Clone, Copy, Default)]
+pub struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Notes where each parsed header is in `buf` (the bytes `headers` were parsed from), so that
+/// they can be cut from the head once it is split off the buffer: values without a copy.
+pub fn spans(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut [Span; MAX_HEADERS]) -> usize {
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+    for (span, h) in out.iter_mut().zip(headers) {
+        *span = Span {
+            name: offset(h.name.as_bytes()),
+            value: offset(h.value),
+        };
+    }
+    headers.len().min(MAX_HEADERS)
+}
+
+/// The message headers that decide framing and the connection's fate, noted while the map is
+/// built: most messages have few of them, and each lookup hashes the name.
+#[derive(Clone, Copy, Default)]
+pub struct Seen {
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub connection: bool,
+    pub expect: bool,
+}
+
+/// The header map of a head whose headers are at `spans` in `head`.
+pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Seen), &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut seen = Seen::default();
+    for span in spans {
+        let (at, n) = (span.name.0 as usize, span.name.1 as usize);
+        let name = HeaderName::from_bytes(&head[at..at + n]).map_err(|_| "bad header name")?;
+        let (at, n) = (span.value.0 as usize, span.value.1 as usize);
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| "bad header value")?;
+        seen.transfer_encoding |= name == header::TRANSFER_ENCODING;
+        seen.content_length |= name == header::CONTENT_LENGTH;
+        seen.connection |= name == header::CONNECTION;
+        seen.expect |= name == header::EXPECT;
+        headers.append(name, value);
+    }
+    Ok((headers, seen))
+}
 
 /// Bytes read from a connection, and the way to read more.
 pub trait Source {

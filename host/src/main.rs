@@ -67,10 +67,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if config.runtime.worker_threads > 0 {
-                builder.worker_threads(config.runtime.worker_threads);
-            }
+            // One serving thread: a current-thread runtime, which has no work-stealing queues,
+            // no cross-thread wake-ups and no per-worker scheduling statistics to keep.
+            let mut builder = match config.runtime.worker_threads {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                0 => tokio::runtime::Builder::new_multi_thread(),
+                n => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n);
+                    b
+                }
+            };
             let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -111,9 +118,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 async fn run(config: Config) -> ExitCode {
     let started = Instant::now();
-    let proxy = match tokio::task::block_in_place(|| Proxy::new(config)) {
-        Ok(p) => p,
-        Err(errors) => {
+    // Compiling filters blocks: off the runtime's threads (a current-thread runtime has one).
+    let proxy = match tokio::task::spawn_blocking(move || Proxy::new(config)).await {
+        Ok(Ok(p)) => p,
+        Err(e) => {
+            print_errors(&[format!("starting: {e}")]);
+            return ExitCode::FAILURE;
+        }
+        Ok(Err(errors)) => {
             print_errors(&errors);
             return ExitCode::FAILURE;
         }

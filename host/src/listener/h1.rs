@@ -26,7 +26,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -37,15 +37,13 @@ use tokio::sync::oneshot;
 use tokio::time::Interval;
 
 use crate::chain::Site;
-use crate::http1::{self, Chunk, DecodeError, Framing, Source, connection_has};
+use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, Source, Span, connection_has};
 use crate::runtime::Proxy;
 use crate::telemetry::ListenerStats;
 use crate::upstream::{BoxError, DownBody};
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
-/// The most request headers taken.
-const MAX_HEADERS: usize = 100;
 /// Response bytes gathered before a write.
 const COALESCE_BYTES: usize = 16 * 1024;
 /// How an HTTP/2 connection with prior knowledge opens.
@@ -340,13 +338,6 @@ fn parse_or_reject(buf: &mut BytesMut, limits: &Limits) -> Option<Next> {
     }
 }
 
-/// Offsets of a header's name and value in the head.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
 /// One request head from the buffer, if a complete one is there.
 fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Reject> {
     let mut slots =
@@ -371,35 +362,17 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
     } else {
         Version::HTTP_11
     };
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
-    let target = offset(req.path.unwrap_or_default().as_bytes());
+    let path = req.path.unwrap_or_default();
+    let at = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = at..at + path.len();
     let mut spans = [Span::default(); MAX_HEADERS];
-    let count = req.headers.len();
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        *span = Span {
-            name: offset(h.name.as_bytes()),
-            value: offset(h.value),
-        };
-    }
+    let count = http1::spans(buf, req.headers, &mut spans);
     let head = buf.split_to(len).freeze();
-    let cut = |(at, n): (u32, u32)| head.slice(at as usize..(at + n) as usize);
-    let uri = Uri::from_maybe_shared(cut(target)).map_err(|_| Reject::Bad("bad request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    // Which framing and connection headers are there, noted on the way: most requests have
-    // none, and each lookup hashes the name.
-    let (mut framed, mut connection, mut expect) = (false, false, false);
-    for span in &spans[..count] {
-        let (at, n) = span.name;
-        let name = HeaderName::from_bytes(&head[at as usize..(at + n) as usize])
-            .map_err(|_| Reject::Bad("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(cut(span.value))
-            .map_err(|_| Reject::Bad("bad header value"))?;
-        framed |= name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH;
-        connection |= name == header::CONNECTION;
-        expect |= name == header::EXPECT;
-        headers.append(name, value);
-    }
+    let uri = Uri::from_maybe_shared(head.slice(target))
+        .map_err(|_| Reject::Bad("bad request target"))?;
+    let (mut headers, seen) = http1::header_map(&head, &spans[..count]).map_err(Reject::Bad)?;
+    let framed = seen.transfer_encoding || seen.content_length;
+    let (connection, expect) = (seen.connection, seen.expect);
     let framing = if framed {
         framing(&headers, version)?
     } else {

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt as _;
@@ -29,12 +29,12 @@ use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use super::pool::{BoxError, Checkin, Open};
-use crate::http1::{self, Chunk, DecodeError, Framing, Source, connection_has};
+use crate::http1::{
+    self, Chunk, DecodeError, Framing, MAX_HEADERS, Seen, Source, Span, connection_has,
+};
 
 /// The largest response head read (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// The most response headers taken.
-const MAX_HEADERS: usize = 100;
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 /// A request body up to this size is written in the same write as the head.
@@ -178,7 +178,7 @@ impl Conn {
     ) -> Result<(Response<()>, Framing, bool), H1Error> {
         loop {
             if let Some(parsed) = self.parse_head()? {
-                let (resp, keep_alive) = parsed;
+                let (resp, seen, keep_alive) = parsed;
                 let status = resp.status();
                 if status.is_informational() {
                     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -186,13 +186,12 @@ impl Conn {
                     }
                     continue;
                 }
-                let framing = framing(method, &resp)?;
+                let framing = framing(method, &resp, seen)?;
                 // A response read until the close, or one with both framings (RFC 9112
                 // 6.3.3), leaves nothing to reuse.
                 let keep_alive = keep_alive
                     && !matches!(framing, Framing::Close)
-                    && !(resp.headers().contains_key(header::TRANSFER_ENCODING)
-                        && resp.headers().contains_key(header::CONTENT_LENGTH));
+                    && !(seen.transfer_encoding && seen.content_length);
                 return Ok((resp, framing, keep_alive));
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
@@ -204,22 +203,25 @@ impl Conn {
         }
     }
 
-    /// One head from the buffer, if a complete one is there: the response and whether the
-    /// endpoint keeps the connection open.
-    fn parse_head(&mut self) -> Result<Option<(Response<()>, bool)>, H1Error> {
+    /// One head from the buffer, if a complete one is there: the response, which framing
+    /// headers it has, and whether the endpoint keeps the connection open.
+    fn parse_head(&mut self) -> Result<Option<(Response<()>, Seen, bool)>, H1Error> {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(&self.buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(H1Error::Invalid("more than 100 headers"));
-            }
-            Err(_) => return Err(H1Error::Invalid("malformed head")),
-        };
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let len =
+            match config.parse_response_with_uninit_headers(&mut parsed, &self.buf, &mut slots) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(H1Error::Invalid("more than 100 headers"));
+                }
+                Err(_) => return Err(H1Error::Invalid("malformed head")),
+            };
         let status = parsed
             .code
             .and_then(|c| StatusCode::from_u16(c).ok())
@@ -229,32 +231,22 @@ impl Conn {
         } else {
             Version::HTTP_11
         };
-        // Values are kept as slices of the head's bytes: names are parsed now, values
-        // located by their offsets and cut out once the head is split off the buffer.
-        let base = self.buf.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| H1Error::Invalid("bad header name"))?;
-            let start = h.value.as_ptr() as usize - base;
-            spans.push((name, start, start + h.value.len()));
-        }
+        // Values are kept as slices of the head's bytes, cut out once the head is split off
+        // the buffer.
+        let mut spans = [Span::default(); MAX_HEADERS];
+        let count = http1::spans(&self.buf, parsed.headers, &mut spans);
         let head = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, start, end) in spans {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| H1Error::Invalid("bad header value"))?;
-            headers.append(name, value);
-        }
+        let (headers, seen) =
+            http1::header_map(&head, &spans[..count]).map_err(H1Error::Invalid)?;
         let keep_alive = match version {
-            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-            _ => !connection_has(&headers, "close"),
+            Version::HTTP_10 => seen.connection && connection_has(&headers, "keep-alive"),
+            _ => !(seen.connection && connection_has(&headers, "close")),
         };
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
         *resp.headers_mut() = headers;
-        Ok(Some((resp, keep_alive)))
+        Ok(Some((resp, seen, keep_alive)))
     }
 }
 
@@ -366,7 +358,7 @@ fn encode_request(parts: &http::request::Parts, body: &UpBody) -> Wire {
     head.finish(&parts.method, body)
 }
 
-fn framing(method: &Method, resp: &Response<()>) -> Result<Framing, H1Error> {
+fn framing(method: &Method, resp: &Response<()>, seen: Seen) -> Result<Framing, H1Error> {
     let status = resp.status();
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -375,14 +367,20 @@ fn framing(method: &Method, resp: &Response<()>) -> Result<Framing, H1Error> {
         return Ok(Framing::Done);
     }
     let headers = resp.headers();
-    if let Some(chunked) = http1::chunked(headers) {
+    if seen.transfer_encoding
+        && let Some(chunked) = http1::chunked(headers)
+    {
         return Ok(if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
         });
     }
-    let length = http1::content_length(headers).map_err(H1Error::Invalid)?;
+    let length = if seen.content_length {
+        http1::content_length(headers).map_err(H1Error::Invalid)?
+    } else {
+        None
+    };
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
@@ -678,7 +676,7 @@ mod tests {
             for (k, v) in headers {
                 req.headers_mut().append(
                     HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                    HeaderValue::from_str(v).expect("value"),
+                    http::HeaderValue::from_str(v).expect("value"),
                 );
             }
             let (parts, ()) = req.into_parts();
