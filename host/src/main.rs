@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(config))
+            start(&rt, config)
         }
     }
 }
@@ -116,20 +116,26 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+/// Loads the filters (on this thread, inside the runtime so that what they start can spawn
+/// tasks), then serves until a signal.
+fn start(rt: &tokio::runtime::Runtime, config: Config) -> ExitCode {
     let started = Instant::now();
-    // Compiling filters blocks: off the runtime's threads (a current-thread runtime has one).
-    let proxy = match tokio::task::spawn_blocking(move || Proxy::new(config)).await {
-        Ok(Ok(p)) => p,
-        Err(e) => {
-            print_errors(&[format!("starting: {e}")]);
-            return ExitCode::FAILURE;
-        }
-        Ok(Err(errors)) => {
-            print_errors(&errors);
-            return ExitCode::FAILURE;
+    // On the main thread, before any serving: compilation's memory goes back to the main heap,
+    // not to a blocking thread's arena that keeps it.
+    let proxy = {
+        let _entered = rt.enter();
+        match Proxy::new(config) {
+            Ok(p) => p,
+            Err(errors) => {
+                print_errors(&errors);
+                return ExitCode::FAILURE;
+            }
         }
     };
+    rt.block_on(run(proxy, started))
+}
+
+async fn run(proxy: Arc<Proxy>, started: Instant) -> ExitCode {
     let runtime = proxy.runtime.load_full();
     let admin_addr = &runtime.config.admin.listen;
     let admin = match tokio::net::TcpListener::bind(admin_addr).await {
