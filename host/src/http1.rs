@@ -201,6 +201,27 @@ pub fn poll_decode<S: Source>(
     }
 }
 
+/// [`poll_decode`] for a body that owns its source until it ends: after an error the source
+/// is dropped (nothing can be read past a broken body) and the body is done.
+pub fn poll_body<S: Source>(
+    framing: &mut Framing,
+    src: &mut Option<S>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Bytes, DecodeError>>> {
+    if *framing == Framing::Done {
+        return Poll::Ready(None);
+    }
+    let next = match src.as_mut() {
+        Some(s) => ready!(poll_decode(framing, s, cx)),
+        None => Some(Err(DecodeError::Incomplete)),
+    };
+    if let Some(Err(_)) = next {
+        *src = None;
+        *framing = Framing::Done;
+    }
+    Poll::Ready(next)
+}
+
 /// Takes up to `limit` bytes from the buffer, reading when it is empty; `None` at the close.
 fn poll_data<S: Source>(
     src: &mut S,

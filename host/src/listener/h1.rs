@@ -692,30 +692,9 @@ impl Body for ServerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, DecodeError>>> {
         let this = self.get_mut();
-        if this.framing == Framing::Done {
-            return Poll::Ready(None);
-        }
-        let Some(r) = this.reader.as_mut() else {
-            return Poll::Ready(Some(Err(DecodeError::Incomplete)));
-        };
-        let next = ready!(http1::poll_decode(&mut this.framing, r, cx));
-        match next {
-            Some(Ok(data)) => {
-                this.settle();
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            None => {
-                this.settle();
-                Poll::Ready(None)
-            }
-            Some(Err(e)) => {
-                // The connection cannot be read past a broken body.
-                this.reader = None;
-                this.back = None;
-                this.framing = Framing::Done;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
+        let next = ready!(http1::poll_body(&mut this.framing, &mut this.reader, cx));
+        this.settle();
+        Poll::Ready(next.map(|r| r.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -414,12 +414,6 @@ impl ResponseBody {
             checkin.put(conn);
         }
     }
-
-    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        self.conn = None;
-        self.framing = Framing::Done;
-        Poll::Ready(Some(Err(e)))
-    }
 }
 
 impl Body for ResponseBody {
@@ -431,23 +425,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
-        if this.framing == Framing::Done {
-            return Poll::Ready(None);
-        }
-        let Some(conn) = this.conn.as_mut() else {
-            return this.fail(H1Error::Incomplete);
-        };
-        match ready!(http1::poll_decode(&mut this.framing, conn, cx)) {
-            Some(Ok(data)) => {
-                this.settle();
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            None => {
-                this.settle();
-                Poll::Ready(None)
-            }
-            Some(Err(e)) => this.fail(e.into()),
-        }
+        let next = ready!(http1::poll_body(&mut this.framing, &mut this.conn, cx));
+        this.settle();
+        Poll::Ready(next.map(|r| r.map(Frame::data).map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
