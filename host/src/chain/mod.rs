@@ -867,12 +867,14 @@ fn request_id(headers: &HeaderMap) -> String {
 /// 128 random bits as 32 lowercase hex digits.
 fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
-    let mut out = String::with_capacity(32);
-    for i in (0..32).rev() {
-        out.push(char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]));
+    let bits = rand::random::<u128>().to_be_bytes();
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bits) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
-    out
+    // Hex digits only: always UTF-8.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]
