@@ -1,6 +1,7 @@
 //! Downstream protections: a slow client is cut off by the header read
-//! timeout, an oversized request head is refused, and an idle keep-alive
-//! connection is closed — while normal requests keep working.
+//! timeout (408), an oversized request head is refused (431), both counted in
+//! `spindle_downstream_rejected_total`, and an idle keep-alive connection is
+//! closed — while normal requests keep working.
 
 use std::time::{Duration, Instant};
 
@@ -56,9 +57,10 @@ async fn slow_headers_oversized_heads_and_idle_connections_are_cut_off() {
         slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
             .await
             .unwrap();
-        let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+        let (answer, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
         let closed = closed.expect("a slow request head is cut off");
         assert!(closed < Duration::from_secs(3), "cut off after {closed:?}");
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
 
         // A request head over max_header_bytes is refused.
         let mut big = TcpStream::connect(addr).await.unwrap();
@@ -72,6 +74,15 @@ async fn slow_headers_oversized_heads_and_idle_connections_are_cut_off() {
             "refused, not proxied: {answer:?}"
         );
         assert_eq!(a.count(), 0, "neither request reached the upstream");
+        for reason in ["header_timeout", "head_too_large"] {
+            let n = sp
+                .metric(
+                    "spindle_downstream_rejected_total",
+                    &[("listener", "edge"), ("reason", reason)],
+                )
+                .await;
+            assert_eq!(n, Some(1.0), "{reason}");
+        }
 
         // An idle keep-alive connection is closed after idle_timeout_ms.
         let mut idle = TcpStream::connect(addr).await.unwrap();
