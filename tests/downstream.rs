@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use spindle_tests::config::{cluster, head, round_robin, router_all_to};
-use spindle_tests::{Spindle, Upstream, bounded};
+use spindle_tests::{Client, Spindle, Upstream, bounded};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// One serving thread: the current-thread runtime `worker_threads = 1` selects.
 fn config() -> String {
@@ -25,6 +25,8 @@ struct Answer {
     status: u16,
     /// Header lines, names lower-cased.
     headers: Vec<(String, String)>,
+    /// The header names as they came.
+    names: Vec<String>,
     body: Vec<u8>,
 }
 
@@ -97,7 +99,7 @@ impl Conn {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("status line {status_line:?}"));
-        let mut headers = Vec::new();
+        let (mut headers, mut names) = (Vec::new(), Vec::new());
         loop {
             let line = self.line().await;
             if line.is_empty() {
@@ -105,10 +107,12 @@ impl Conn {
             }
             let (n, v) = line.split_once(':').expect("header line");
             headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+            names.push(n.to_string());
         }
         let mut answer = Answer {
             status,
             headers,
+            names,
             body: Vec::new(),
         };
         if no_body || status == 100 || status == 204 || status == 304 {
@@ -271,6 +275,104 @@ async fn smuggling_shapes_and_garbage_are_refused_and_counted() {
         let text = String::from_utf8_lossy(&rest);
         assert!(text.is_empty() || text.starts_with("HTTP/1.1 400"), "{text}");
         assert_eq!(a.count(), 0);
+    })
+    .await
+}
+
+/// An endpoint that answers every request on every connection with `head` and, unless the
+/// request is a `HEAD`, `body`: a response shaped by hand, names in the case written.
+async fn raw_endpoint(head: &'static str, body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let is_head = seen.starts_with(b"HEAD ");
+                        seen.drain(..end + 4);
+                        let mut answer = head.as_bytes().to_vec();
+                        if !is_head {
+                            answer.extend_from_slice(body.as_bytes());
+                        }
+                        if s.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_pass_as_sent_without_those_of_the_upstream_hop() {
+    bounded(Duration::from_secs(60), async {
+        let endpoint = raw_endpoint(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Mixed-Case: Yes\r\n\
+             Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+             Upgrade: something\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
+             Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 5\r\n\r\n",
+            "hello",
+        )
+        .await;
+        let config = head(&["router", "balancer"])
+            + &router_all_to("api")
+            + &round_robin()
+            + &format!("\n[cluster.api]\nendpoints = [\"{endpoint}\"]\n")
+            + "\n[runtime]\nworker_threads = 1\n";
+        let sp = Spindle::start(&config, &[]).await;
+        let mut c = Conn::open(&sp).await;
+        c.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\nHEAD / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let get = c.answer(false).await;
+        assert_eq!((get.status, get.body.as_slice()), (200, &b"hello"[..]));
+        // End-to-end headers as the endpoint wrote them, repeated ones in order.
+        for name in ["Content-Type", "X-Mixed-Case", "Date", "Set-Cookie"] {
+            assert!(get.names.iter().any(|n| n == name), "{name}: {get:?}");
+        }
+        assert_eq!(get.header("x-mixed-case"), Some("Yes"));
+        assert_eq!(get.header("date"), Some("Tue, 01 Jan 2030 00:00:00 GMT"));
+        let cookies: Vec<&str> = get
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        // Those of the endpoint's hop are not passed on, nor what its `connection` named;
+        // the date is not doubled, the length is the body's.
+        for name in ["x-hop", "keep-alive", "upgrade", "connection"] {
+            assert_eq!(get.header(name), None, "{name}: {get:?}");
+        }
+        let count = |a: &Answer, name: &str| a.headers.iter().filter(|(n, _)| n == name).count();
+        assert_eq!(count(&get, "date"), 1);
+        assert_eq!(count(&get, "content-length"), 1);
+        assert_eq!(get.header("content-length"), Some("5"));
+        // HEAD: the endpoint's length of the body it would send.
+        let head_answer = c.answer(true).await;
+        assert_eq!(head_answer.status, 200);
+        assert_eq!(head_answer.header("content-length"), Some("5"));
+        assert_eq!(head_answer.header("x-hop"), None);
+
+        // An HTTP/2 client gets the same headers from a map (names lower-cased).
+        let resp = Client::http2()
+            .get(&sp.url("edge"), &[])
+            .await
+            .expect("h2 response");
+        assert_eq!((resp.status, resp.body.as_str()), (200, "hello"));
+        assert_eq!(resp.header("x-mixed-case"), Some("Yes"));
+        assert_eq!(resp.headers.get_all("set-cookie").iter().count(), 2);
+        for name in ["x-hop", "keep-alive", "upgrade", "connection"] {
+            assert_eq!(resp.header(name), None, "{name}");
+        }
     })
     .await
 }

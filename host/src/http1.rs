@@ -49,14 +49,8 @@ pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Seen), &'s
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut seen = Seen::default();
     for span in spans {
-        let (at, n) = (span.name.0 as usize, span.name.1 as usize);
-        let name = HeaderName::from_bytes(&head[at..at + n]).map_err(|_| "bad header name")?;
-        let (at, n) = (span.value.0 as usize, span.value.1 as usize);
-        // SAFETY: `httparse` accepted these bytes as a header value, and it accepts exactly
-        // what `HeaderValue` does (tab, visible ASCII and space, and bytes from 0x80): the
-        // check `from_maybe_shared` would repeat byte by byte cannot fail. Debug builds
-        // check anyway.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + n)) };
+        let name = HeaderName::from_bytes(slice(head, span.name)).map_err(|_| "bad header name")?;
+        let value = value_at(head, span.value);
         seen.transfer_encoding |= name == header::TRANSFER_ENCODING;
         seen.content_length |= name == header::CONTENT_LENGTH;
         seen.connection |= name == header::CONNECTION;
@@ -267,50 +261,178 @@ pub fn chunk_size(line: &[u8]) -> Option<u64> {
 
 /// Whether the `connection` header lists `token`.
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    lists(values(headers, &header::CONNECTION), token)
+}
+
+/// Whether a comma-separated header's `values` list `token` (case-insensitive).
+pub fn lists<'a>(values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether the last transfer coding is `chunked`: `None` without `transfer-encoding`.
 pub fn chunked(headers: &HeaderMap) -> Option<bool> {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|t| !t.is_empty())
-        .map(|last| last.eq_ignore_ascii_case("chunked"))
-        .or_else(|| {
-            // Present but empty or not text: a coding we cannot read.
-            headers
-                .contains_key(header::TRANSFER_ENCODING)
-                .then_some(false)
-        })
+    last_coding_is_chunked(values(headers, &header::TRANSFER_ENCODING))
+}
+
+/// Whether the last of the `transfer-encoding` `values`' codings is `chunked`: `None` without
+/// values, `Some(false)` when they name no coding (one we cannot read).
+pub fn last_coding_is_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
+    let mut present = false;
+    let mut last: Option<&[u8]> = None;
+    for v in values {
+        present = true;
+        for t in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if !t.is_empty() {
+                last = Some(t);
+            }
+        }
+    }
+    present.then(|| last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")))
 }
 
 /// The `content-length`: `Ok(None)` without one, an error when a value is not a number or
 /// two disagree.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    length_of(values(headers, &header::CONTENT_LENGTH))
+}
+
+/// The length the `content-length` `values` agree on.
+pub fn length_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, &'static str> {
     let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        let n = v
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|t| t.parse::<u64>().ok())
-            .ok_or("bad content-length")?;
+    for v in values {
+        let t = v.trim_ascii();
+        if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+            return Err("bad content-length");
+        }
+        let n = t.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
         if length.is_some_and(|l| l != n) {
             return Err("conflicting content-length");
         }
         length = Some(n);
     }
     Ok(length)
+}
+
+fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers.get_all(name).into_iter().map(HeaderValue::as_bytes)
+}
+
+/// What a header means to HTTP/1.1 itself, beyond the message it is in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// An end-to-end header: passed on as it is.
+    #[default]
+    EndToEnd,
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// `keep-alive`, `proxy-connection`, `te`, `trailer`, `upgrade`: for this hop only.
+    HopByHop,
+    Date,
+}
+
+impl Role {
+    /// The role of a header named `name` (any case).
+    pub fn of(name: &[u8]) -> Role {
+        let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+        // By length first: most names are none of these and fail on one comparison.
+        match name.len() {
+            2 if is("te") => Role::HopByHop,
+            4 if is("date") => Role::Date,
+            7 if is("trailer") || is("upgrade") => Role::HopByHop,
+            10 if is("connection") => Role::Connection,
+            10 if is("keep-alive") => Role::HopByHop,
+            14 if is("content-length") => Role::ContentLength,
+            16 if is("proxy-connection") => Role::HopByHop,
+            17 if is("transfer-encoding") => Role::TransferEncoding,
+            _ => Role::EndToEnd,
+        }
+    }
+}
+
+/// A head kept as it was read: its bytes and where each header is, names in the case they
+/// came in. Passing a response on needs no more than this; a header map is built only for
+/// whoever needs one ([`RawHead::to_map`]).
+pub struct RawHead {
+    bytes: Bytes,
+    headers: Vec<(Span, Role)>,
+}
+
+impl RawHead {
+    /// The head `bytes` whose headers are at `spans` (parsed by `httparse`), and which of the
+    /// headers that decide framing it has.
+    pub fn new(bytes: Bytes, spans: &[Span]) -> (RawHead, Seen) {
+        let mut seen = Seen::default();
+        let headers = spans
+            .iter()
+            .map(|&span| {
+                let role = Role::of(slice(&bytes, span.name));
+                match role {
+                    Role::TransferEncoding => seen.transfer_encoding = true,
+                    Role::ContentLength => seen.content_length = true,
+                    Role::Connection => seen.connection = true,
+                    _ => {}
+                }
+                (span, role)
+            })
+            .collect();
+        (RawHead { bytes, headers }, seen)
+    }
+
+    /// Each header: name (as it came), value, role.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Role)> {
+        self.headers.iter().map(|&(span, role)| {
+            (
+                slice(&self.bytes, span.name),
+                slice(&self.bytes, span.value),
+                role,
+            )
+        })
+    }
+
+    /// The values of the headers with `role`.
+    pub fn values(&self, role: Role) -> impl Iterator<Item = &[u8]> {
+        self.iter()
+            .filter(move |&(_, _, r)| r == role)
+            .map(|(_, value, _)| value)
+    }
+
+    /// The first value of the header `name` (lowercase).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value, _)| value)
+    }
+
+    /// The headers as a map, values sharing the head's bytes.
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.headers.len());
+        for &(span, _) in &self.headers {
+            // `httparse` accepts the same name bytes as `HeaderName` (a test says so): no
+            // name is left out.
+            let Ok(name) = HeaderName::from_bytes(slice(&self.bytes, span.name)) else {
+                continue;
+            };
+            map.append(name, value_at(&self.bytes, span.value));
+        }
+        map
+    }
+}
+
+fn slice(bytes: &Bytes, (at, n): (u32, u32)) -> &[u8] {
+    &bytes[at as usize..(at + n) as usize]
+}
+
+/// A header value cut from a head parsed by `httparse`.
+fn value_at(head: &Bytes, (at, n): (u32, u32)) -> HeaderValue {
+    let (at, n) = (at as usize, n as usize);
+    // SAFETY: `httparse` accepted these bytes as a header value, and it accepts exactly
+    // what `HeaderValue` does (tab, visible ASCII and space, and bytes from 0x80): the
+    // check `from_maybe_shared` would repeat byte by byte cannot fail. Debug builds
+    // check anyway.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + n)) }
 }
 
 /// Appends `n` in decimal.
@@ -429,6 +551,75 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_name_httparse_accepts_is_a_valid_header_name() {
+        // What `RawHead::to_map` relies on: a name passed on as it came is one a map takes.
+        for b in 0..=255u8 {
+            let head = [&b"HTTP/1.1 200 OK\r\nx"[..], &[b], b"y: 1\r\n\r\n"].concat();
+            let mut slots = [httparse::EMPTY_HEADER; 4];
+            let mut resp = httparse::Response::new(&mut slots);
+            if let Ok(httparse::Status::Complete(_)) = resp.parse(&head) {
+                for h in resp.headers.iter() {
+                    assert!(
+                        HeaderName::from_bytes(h.name.as_bytes()).is_ok(),
+                        "byte {b:#x} passed httparse but is not in a header name"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A head parsed the way the upstream client parses one.
+    fn raw(text: &'static [u8]) -> (RawHead, Seen) {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        assert!(resp.parse(text).expect("a head").is_complete());
+        let mut at = [Span::default(); MAX_HEADERS];
+        let count = spans(text, resp.headers, &mut at);
+        RawHead::new(Bytes::from_static(text), &at[..count])
+    }
+
+    #[test]
+    fn raw_heads_keep_names_as_sent_and_know_their_roles() {
+        let (head, seen) = raw(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\
+            CONNECTION: keep-alive, x-hop\r\nTransfer-Encoding: gzip\r\n\
+            transfer-encoding: chunked\r\nDate: today\r\nTE: trailers\r\n\
+            Keep-Alive: 5\r\nX-Hop: 1\r\nRetry-After: 3\r\n\r\n");
+        assert!(seen.connection && seen.transfer_encoding && !seen.content_length);
+        let roles: Vec<(&[u8], Role)> = head.iter().map(|(n, _, r)| (n, r)).collect();
+        assert_eq!(
+            roles,
+            [
+                (&b"Content-Type"[..], Role::EndToEnd),
+                (b"CONNECTION", Role::Connection),
+                (b"Transfer-Encoding", Role::TransferEncoding),
+                (b"transfer-encoding", Role::TransferEncoding),
+                (b"Date", Role::Date),
+                (b"TE", Role::HopByHop),
+                (b"Keep-Alive", Role::HopByHop),
+                (b"X-Hop", Role::EndToEnd),
+                (b"Retry-After", Role::EndToEnd),
+            ]
+        );
+        assert_eq!(head.get("retry-after"), Some(&b"3"[..]));
+        assert_eq!(head.get("x-none"), None);
+        assert!(lists(head.values(Role::Connection), "X-HOP"));
+        assert_eq!(
+            last_coding_is_chunked(head.values(Role::TransferEncoding)),
+            Some(true)
+        );
+        // The map has every header, names lower-cased, repeated ones in order.
+        let map = head.to_map();
+        assert_eq!(map.len(), 9);
+        assert_eq!(map["content-type"], "text/plain");
+        let codings: Vec<_> = map.get_all("transfer-encoding").iter().collect();
+        assert_eq!(codings, ["gzip", "chunked"]);
+        assert_eq!(Role::of(b"Proxy-Connection"), Role::HopByHop);
+        assert_eq!(Role::of(b"Upgrade"), Role::HopByHop);
+        assert_eq!(Role::of(b"content-LENGTH"), Role::ContentLength);
+        assert_eq!(Role::of(b"dates"), Role::EndToEnd);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
@@ -350,10 +350,7 @@ impl Run<'_> {
                 error: attempt_error(kind),
                 latency_ns: latency.as_nanos() as u64,
                 retryable_body: replayable,
-                retry_after_ms: resp
-                    .as_ref()
-                    .and_then(|r| r.headers().get(header::RETRY_AFTER))
-                    .and_then(|v| retry_after_ms(v, SystemTime::now())),
+                retry_after_ms: resp.as_ref().and_then(retry_after),
             };
             let delay = self.attempt_phase(&outcome, notable);
             if let Some(trace) = self.ctx().trace.as_mut() {
@@ -547,7 +544,14 @@ impl Run<'_> {
     fn response_phase(&mut self, outcome: Outcome) -> Response<DownBody> {
         let (mut parts, body) = match outcome {
             Outcome::Upstream(r) => {
-                let (mut p, b) = r.into_parts();
+                let (mut p, mut b) = r.into_parts();
+                // An HTTP/1.1 endpoint's headers stay as it sent them, written on by the
+                // listener, unless filters look at them or the client speaks HTTP/2.
+                if (self.chain.has_response_hooks || self.ctx().head.version == Version::HTTP_2)
+                    && let Some(head) = b.take_head()
+                {
+                    p.headers = head.to_map();
+                }
                 strip_hop_by_hop(&mut p.headers);
                 (p, DownBody::Upstream(b))
             }
@@ -731,10 +735,19 @@ fn attempt_error(r: AttemptResult) -> Option<AttemptError> {
     }
 }
 
+/// The response's `Retry-After` in milliseconds from now.
+fn retry_after(resp: &Response<UpstreamBody>) -> Option<u64> {
+    let value = match resp.body().head() {
+        Some(head) => head.get("retry-after")?,
+        None => resp.headers().get(header::RETRY_AFTER)?.as_bytes(),
+    };
+    retry_after_ms(value, SystemTime::now())
+}
+
 /// A `Retry-After` value in milliseconds from `now`: delta-seconds (RFC 9110 10.2.3) times
 /// 1000, or an HTTP-date minus `now` (0 when it is past). None when it parses as neither.
-fn retry_after_ms(value: &HeaderValue, now: SystemTime) -> Option<u64> {
-    let text = value.to_str().ok()?.trim();
+fn retry_after_ms(value: &[u8], now: SystemTime) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         // Delta-seconds of absurd length saturate rather than fail.
         return Some(text.parse::<u64>().unwrap_or(u64::MAX).saturating_mul(1000));
@@ -803,18 +816,14 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// Sets `x-forwarded-for` to the values the request came with, joined, and the client.
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = ip_text(client.ip());
-    let value = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.as_bytes());
-            v
-        }
-        None => ip.into_bytes(),
-    };
+    let mut value = Vec::new();
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        value.extend_from_slice(prev.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    push_ip(&mut value, client.ip());
     // Bytes from the Vec without a copy; the value is checked, not copied.
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -846,13 +855,6 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
         n += 1;
     }
     out.extend_from_slice(&text[..n]);
-}
-
-/// An IP address as text.
-fn ip_text(ip: std::net::IpAddr) -> String {
-    let mut out = Vec::with_capacity(15);
-    push_ip(&mut out, ip);
-    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The request's id: its own `x-request-id` when usable (1 to 128 bytes of text), else a new one.
@@ -908,7 +910,9 @@ mod tests {
             "2001:db8::8a2e:370:7334",
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
+            let mut text = Vec::new();
+            push_ip(&mut text, ip);
+            assert_eq!(text, ip.to_string().as_bytes());
         }
     }
 
@@ -946,12 +950,24 @@ mod tests {
         append_forwarded_for(&mut h, addr);
         append_forwarded_for(&mut h, "127.0.0.1:9".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        // Every value the request came with is kept, in order, as the HTTP/1.1 path does.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        append_forwarded_for(&mut h, addr);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1"]
+        );
     }
 
     #[test]
     fn retry_after_parses_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 21 Oct 2015 07:28:00 GMT
-        let v = |s: &'static str| retry_after_ms(&HeaderValue::from_static(s), now);
+        let v = |s: &'static str| retry_after_ms(s.as_bytes(), now);
         assert_eq!(v("0"), Some(0));
         assert_eq!(v("120"), Some(120_000));
         assert_eq!(v(" 3 "), Some(3_000));

@@ -96,7 +96,7 @@ impl Run<'_> {
             retry_after_ms: parts
                 .headers
                 .get(header::RETRY_AFTER)
-                .and_then(|v| retry_after_ms(v, SystemTime::now())),
+                .and_then(|v| retry_after_ms(v.as_bytes(), SystemTime::now())),
         };
         if let Err(r) = self.attempt_phase(&outcome, notable) {
             return Outcome::Local(*r);

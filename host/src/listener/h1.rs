@@ -37,7 +37,9 @@ use tokio::sync::oneshot;
 use tokio::time::Interval;
 
 use crate::chain::Site;
-use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, Source, Span, connection_has};
+use crate::http1::{
+    self, Chunk, DecodeError, Framing, MAX_HEADERS, Role, Source, Span, connection_has,
+};
 use crate::runtime::Proxy;
 use crate::telemetry::ListenerStats;
 use crate::upstream::{BoxError, DownBody};
@@ -464,7 +466,7 @@ async fn write_response(
     http10: bool,
     keep_alive: bool,
 ) -> io::Result<bool> {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let no_body = is_head
         || status.is_informational()
@@ -482,23 +484,50 @@ async fn write_response(
     let keep_alive = keep_alive && out_framing != Out::Close;
     let mut out = Vec::with_capacity(256);
     status_line(&mut out, status);
+    // A HEAD or 304 response's `content-length` says what the body would be; elsewhere the
+    // body decides.
+    let keep_length = no_body && status != StatusCode::NO_CONTENT;
     let (mut has_length, mut has_date) = (false, false);
+    if let Some(head) = body.take_head() {
+        // An HTTP/1.1 endpoint's headers, as it sent them, without those for its hop.
+        let listed = head.values(Role::Connection).next().is_some().then(|| {
+            let tokens = head
+                .values(Role::Connection)
+                .flat_map(|v| v.split(|&b| b == b','));
+            tokens.map(<[u8]>::trim_ascii).collect::<Vec<_>>()
+        });
+        for (name, value, role) in head.iter() {
+            match role {
+                Role::EndToEnd => {
+                    if listed
+                        .as_ref()
+                        .is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name)))
+                    {
+                        continue;
+                    }
+                }
+                Role::ContentLength if keep_length => has_length = true,
+                Role::Date => has_date = true,
+                Role::ContentLength
+                | Role::Connection
+                | Role::TransferEncoding
+                | Role::HopByHop => continue,
+            }
+            push_header(&mut out, name, value);
+        }
+    }
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
         has_date |= name == header::DATE;
         if name == header::CONTENT_LENGTH {
-            // A HEAD or 304 response says what the body would be; elsewhere the body decides.
-            if !no_body || status == StatusCode::NO_CONTENT {
+            if !keep_length {
                 continue;
             }
             has_length = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     match out_framing {
         Out::Length(n) => push_length(&mut out, n),
@@ -525,6 +554,13 @@ async fn write_response(
     }
     let complete = write_body(wr, out, body, out_framing).await?;
     Ok(keep_alive && complete)
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_length(out: &mut Vec<u8>, n: u64) {
@@ -607,10 +643,7 @@ async fn write_body(
         Out::Chunked => {
             out.extend_from_slice(b"0\r\n");
             for (name, value) in trailers.iter().flatten() {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
+                push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
             true

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::pool::{BoxError, UpstreamBody};
+use crate::http1::RawHead;
 use crate::listener::RequestBody;
 
 /// The body of one upstream attempt. An enum rather than a boxed trait object:
@@ -81,6 +82,17 @@ impl Body for UpBody {
 pub enum DownBody {
     Upstream(UpstreamBody),
     Local(Option<Bytes>),
+}
+
+impl DownBody {
+    /// Takes the response's headers when they are still an HTTP/1.1 endpoint's head (see
+    /// [`UpstreamBody`]).
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        match self {
+            DownBody::Upstream(b) => b.take_head(),
+            DownBody::Local(_) => None,
+        }
+    }
 }
 
 impl Body for DownBody {

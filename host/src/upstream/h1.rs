@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use super::body::UpBody;
 use super::pool::{BoxError, Checkin, Open};
 use crate::http1::{
-    self, Chunk, DecodeError, Framing, MAX_HEADERS, Seen, Source, Span, connection_has,
+    self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source, Span,
 };
 
 /// The largest response head read (status line and headers).
@@ -154,45 +154,45 @@ impl Conn {
     }
 
     /// Reads the response head (skipping `1xx` ones) to a response whose body reads the rest
-    /// from this connection, which it gives back through `checkin` once read.
+    /// from this connection, which it gives back through `checkin` once read. The response's
+    /// header map is empty: the headers stay in the body's [`RawHead`].
     pub async fn read_response(
         mut self,
         method: &Method,
         checkin: Checkin,
     ) -> Result<(Response<()>, ResponseBody), H1Error> {
-        let (resp, framing, keep_alive) = self.read_head(method).await?;
+        let (head, framing) = self.read_head(method).await?;
+        let mut resp = Response::new(());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
         let mut body = ResponseBody {
             conn: Some(self),
             framing,
-            keep_alive,
+            keep_alive: head.keep_alive,
             checkin: Some(checkin),
+            head: Some(head.head),
         };
         body.settle();
         Ok((resp, body))
     }
 
     /// The final response head, its body's framing and whether the connection may be reused.
-    async fn read_head(
-        &mut self,
-        method: &Method,
-    ) -> Result<(Response<()>, Framing, bool), H1Error> {
+    async fn read_head(&mut self, method: &Method) -> Result<(Head, Framing), H1Error> {
         loop {
-            if let Some(parsed) = self.parse_head()? {
-                let (resp, seen, keep_alive) = parsed;
-                let status = resp.status();
-                if status.is_informational() {
-                    if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(mut head) = self.parse_head()? {
+                if head.status.is_informational() {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
                         return Err(H1Error::Invalid("101 without an upgrade request"));
                     }
                     continue;
                 }
-                let framing = framing(method, &resp, seen)?;
+                let framing = framing(method, &head)?;
                 // A response read until the close, or one with both framings (RFC 9112
                 // 6.3.3), leaves nothing to reuse.
-                let keep_alive = keep_alive
+                head.keep_alive = head.keep_alive
                     && !matches!(framing, Framing::Close)
-                    && !(seen.transfer_encoding && seen.content_length);
-                return Ok((resp, framing, keep_alive));
+                    && !(head.seen.transfer_encoding && head.seen.content_length);
+                return Ok((head, framing));
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
                 return Err(H1Error::Invalid("response head too large"));
@@ -203,9 +203,8 @@ impl Conn {
         }
     }
 
-    /// One head from the buffer, if a complete one is there: the response, which framing
-    /// headers it has, and whether the endpoint keeps the connection open.
-    fn parse_head(&mut self) -> Result<Option<(Response<()>, Seen, bool)>, H1Error> {
+    /// One head from the buffer, if a complete one is there.
+    fn parse_head(&mut self) -> Result<Option<Head>, H1Error> {
         if self.buf.is_empty() {
             return Ok(None);
         }
@@ -231,23 +230,36 @@ impl Conn {
         } else {
             Version::HTTP_11
         };
-        // Values are kept as slices of the head's bytes, cut out once the head is split off
-        // the buffer.
+        // Kept as the head's bytes and where each header is in them: the headers are only
+        // written on to the client, and a map is built when someone needs one.
         let mut spans = [Span::default(); MAX_HEADERS];
         let count = http1::spans(&self.buf, parsed.headers, &mut spans);
-        let head = self.buf.split_to(len).freeze();
-        let (headers, seen) =
-            http1::header_map(&head, &spans[..count]).map_err(H1Error::Invalid)?;
+        let bytes = self.buf.split_to(len).freeze();
+        let (head, seen) = RawHead::new(bytes, &spans[..count]);
         let keep_alive = match version {
-            Version::HTTP_10 => seen.connection && connection_has(&headers, "keep-alive"),
-            _ => !(seen.connection && connection_has(&headers, "close")),
+            Version::HTTP_10 => {
+                seen.connection && http1::lists(head.values(Role::Connection), "keep-alive")
+            }
+            _ => !(seen.connection && http1::lists(head.values(Role::Connection), "close")),
         };
-        let mut resp = Response::new(());
-        *resp.status_mut() = status;
-        *resp.version_mut() = version;
-        *resp.headers_mut() = headers;
-        Ok(Some((resp, seen, keep_alive)))
+        Ok(Some(Head {
+            status,
+            version,
+            head,
+            seen,
+            keep_alive,
+        }))
     }
+}
+
+/// A response head as read.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    head: RawHead,
+    seen: Seen,
+    /// Whether the endpoint keeps the connection open.
+    keep_alive: bool,
 }
 
 impl Source for Conn {
@@ -358,17 +370,17 @@ fn encode_request(parts: &http::request::Parts, body: &UpBody) -> Wire {
     head.finish(&parts.method, body)
 }
 
-fn framing(method: &Method, resp: &Response<()>, seen: Seen) -> Result<Framing, H1Error> {
-    let status = resp.status();
+fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> {
+    let status = head.status;
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         return Ok(Framing::Done);
     }
-    let headers = resp.headers();
-    if seen.transfer_encoding
-        && let Some(chunked) = http1::chunked(headers)
+    if head.seen.transfer_encoding
+        && let Some(chunked) =
+            http1::last_coding_is_chunked(head.head.values(Role::TransferEncoding))
     {
         return Ok(if chunked {
             Framing::Chunked(Chunk::Size)
@@ -376,8 +388,8 @@ fn framing(method: &Method, resp: &Response<()>, seen: Seen) -> Result<Framing, 
             Framing::Close
         });
     }
-    let length = if seen.content_length {
-        http1::content_length(headers).map_err(H1Error::Invalid)?
+    let length = if head.seen.content_length {
+        http1::length_of(head.head.values(Role::ContentLength)).map_err(H1Error::Invalid)?
     } else {
         None
     };
@@ -391,9 +403,21 @@ pub struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     checkin: Option<Checkin>,
+    /// The response's headers, until taken.
+    head: Option<RawHead>,
 }
 
 impl ResponseBody {
+    /// The response's headers, unless taken.
+    pub fn head(&self) -> Option<&RawHead> {
+        self.head.as_ref()
+    }
+
+    /// Takes the response's headers.
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        self.head.take()
+    }
+
     /// Whether the connection can serve again once this body is read.
     pub fn keeps_connection(&self) -> bool {
         self.keep_alive && self.conn.is_some() && self.checkin.is_some()
@@ -401,7 +425,7 @@ impl ResponseBody {
 
     /// At the end of the body: the connection goes back, or closes.
     fn settle(&mut self) {
-        if !matches!(self.framing, Framing::Done | Framing::Length(0)) {
+        if !self.framing.is_done() {
             return;
         }
         self.framing = Framing::Done;
@@ -431,7 +455,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done | Framing::Length(0))
+        self.framing.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -526,7 +550,9 @@ mod tests {
         let req = Outgoing::Http1 { wire, method, body };
         let settings = Cluster::pool_settings(&cluster.settings.load());
         let resp = send(ep, settings, &cluster.connections, req).await?;
-        let (parts, body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
+        assert!(parts.headers.is_empty(), "the headers travel with the body");
+        parts.headers = body.take_head().expect("an HTTP/1.1 head").to_map();
         let body = body
             .collect()
             .await

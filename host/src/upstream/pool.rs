@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use super::body::UpBody;
 use super::cluster::Endpoint;
 use super::h1::{self, H1Error, Wire};
+use crate::http1::RawHead;
 
 /// How long an unused keep-alive connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -333,6 +334,11 @@ pub fn discard(body: UpstreamBody) {
 /// A response body from an endpoint. Read to the end, it gives its HTTP/1.1
 /// connection back to the endpoint; dropped before the end, the connection
 /// closes (what is left of the body cannot be skipped safely).
+///
+/// An HTTP/1.1 endpoint's response headers travel with its body, as the head's bytes
+/// ([`UpstreamBody::head`]), and the response's own header map is empty: written on to an
+/// HTTP/1.1 client they need no map. Whoever needs the map takes the head
+/// ([`UpstreamBody::take_head`]) and builds it.
 pub struct UpstreamBody(Inner);
 
 enum Inner {
@@ -344,6 +350,22 @@ enum Inner {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl UpstreamBody {
+    /// The response's headers, when they came from an HTTP/1.1 endpoint and were not taken.
+    pub fn head(&self) -> Option<&RawHead> {
+        match &self.0 {
+            Inner::H1(b) => b.head(),
+            Inner::H2(_) => None,
+        }
+    }
+
+    /// Takes the response's headers (see [`UpstreamBody::head`]).
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        match &mut self.0 {
+            Inner::H1(b) => b.take_head(),
+            Inner::H2(_) => None,
+        }
+    }
+
     /// Whether reading this body to the end lets its connection serve again.
     fn keeps_connection(&self) -> bool {
         match &self.0 {
