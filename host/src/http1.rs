@@ -3,6 +3,8 @@
 //! request bodies with it, the upstream client response bodies.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -14,24 +16,44 @@ const MAX_LINE_BYTES: usize = 4096;
 pub const MAX_HEADERS: usize = 100;
 
 /// Where a header's name and value are in the head's bytes.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Span {
     name: (u32, u32),
     value: (u32, u32),
 }
 
+/// Room for the spans of a head's headers, left uninitialised: a head has a few of the
+/// hundred it may have, and zeroing them all costs more than noting those.
+pub type SpanSlots = [MaybeUninit<Span>; MAX_HEADERS];
+
+/// Empty [`SpanSlots`].
+pub const fn span_slots() -> SpanSlots {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Notes where each parsed header is in `buf` (the bytes `headers` were parsed from), so that
 /// they can be cut from the head once it is split off the buffer: values without a copy.
-pub fn spans(buf: &[u8], headers: &[httparse::Header<'_>], out: &mut [Span; MAX_HEADERS]) -> usize {
+pub fn spans<'a>(
+    buf: &[u8],
+    headers: &[httparse::Header<'_>],
+    out: &'a mut SpanSlots,
+) -> &'a [Span] {
+    let count = headers.len().min(MAX_HEADERS);
+    for (slot, h) in out.iter_mut().zip(headers) {
+        slot.write(span(buf, h));
+    }
+    // SAFETY: the first `count` slots were written just above, and `MaybeUninit<Span>` has
+    // `Span`'s layout.
+    unsafe { &*(std::ptr::from_ref(&out[..count]) as *const [Span]) }
+}
+
+fn span(buf: &[u8], h: &httparse::Header<'_>) -> Span {
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
-    for (span, h) in out.iter_mut().zip(headers) {
-        *span = Span {
-            name: offset(h.name.as_bytes()),
-            value: offset(h.value),
-        };
+    Span {
+        name: offset(h.name.as_bytes()),
+        value: offset(h.value),
     }
-    headers.len().min(MAX_HEADERS)
 }
 
 /// The message headers that decide framing and the connection's fate, noted while the map is
@@ -336,20 +358,54 @@ pub enum Role {
 impl Role {
     /// The role of a header named `name` (any case).
     pub fn of(name: &[u8]) -> Role {
-        let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-        // By length first: most names are none of these and fail on one comparison.
-        match name.len() {
-            2 if is("te") => Role::HopByHop,
-            4 if is("date") => Role::Date,
-            7 if is("trailer") || is("upgrade") => Role::HopByHop,
-            10 if is("connection") => Role::Connection,
-            10 if is("keep-alive") => Role::HopByHop,
-            14 if is("content-length") => Role::ContentLength,
-            16 if is("proxy-connection") => Role::HopByHop,
-            17 if is("transfer-encoding") => Role::TransferEncoding,
-            _ => Role::EndToEnd,
+        // By length and first letter: most names are none of these and fail before any
+        // comparison.
+        let first = name.first().map_or(0, |b| b | 0x20);
+        let (known, role) = match (name.len(), first) {
+            (2, b't') => ("te", Role::HopByHop),
+            (4, b'd') => ("date", Role::Date),
+            (7, b't') => ("trailer", Role::HopByHop),
+            (7, b'u') => ("upgrade", Role::HopByHop),
+            (10, b'c') => ("connection", Role::Connection),
+            (10, b'k') => ("keep-alive", Role::HopByHop),
+            (14, b'c') => ("content-length", Role::ContentLength),
+            (16, b'p') => ("proxy-connection", Role::HopByHop),
+            (17, b't') => ("transfer-encoding", Role::TransferEncoding),
+            _ => return Role::EndToEnd,
+        };
+        if token_is(name, known.as_bytes()) {
+            role
+        } else {
+            Role::EndToEnd
         }
     }
+
+    /// Whether a header with this role is for one hop only (RFC 9110 section 7.6.1).
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Role::Connection | Role::TransferEncoding | Role::HopByHop
+        )
+    }
+}
+
+/// Whether the header name `name` (a token, any case) is `known` (the same length, lower-case
+/// letters and `-`). Setting bit 5 lower-cases a letter and keeps `-`; among token bytes only
+/// a letter's two cases and `-` itself map onto a lower-case letter or `-` that way, so one OR
+/// per byte compares exactly, eight bytes at a time.
+fn token_is(name: &[u8], known: &[u8]) -> bool {
+    const LOWER: u64 = 0x2020_2020_2020_2020;
+    let n = known.len();
+    if n < 8 || name.len() != n {
+        return name.len() == n && name.iter().zip(known).all(|(&a, &b)| a | 0x20 == b);
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    // The first eight bytes and the last eight (overlapping when shorter than 16).
+    (word(name, 0) | LOWER) == word(known, 0) && (word(name, n - 8) | LOWER) == word(known, n - 8)
 }
 
 /// A head kept as it was read: its bytes and where each header is, names in the case they
@@ -360,25 +416,38 @@ pub struct RawHead {
     headers: Vec<(Span, Role)>,
 }
 
+/// Where a head's headers are, before its bytes are split off the buffer.
+pub struct Located(Vec<(Span, Role)>);
+
 impl RawHead {
-    /// The head `bytes` whose headers are at `spans` (parsed by `httparse`), and which of the
-    /// headers that decide framing it has.
-    pub fn new(bytes: Bytes, spans: &[Span]) -> (RawHead, Seen) {
+    /// Where `headers` (parsed by `httparse` from `buf`) are and what they mean, and which of
+    /// the headers that decide framing there are: a head once its bytes are split off `buf`
+    /// ([`RawHead::new`]).
+    pub fn locate(buf: &[u8], headers: &[httparse::Header<'_>]) -> (Located, Seen) {
         let mut seen = Seen::default();
-        let headers = spans
+        let located = headers
             .iter()
-            .map(|&span| {
-                let role = Role::of(slice(&bytes, span.name));
+            .map(|h| {
+                let role = Role::of(h.name.as_bytes());
                 match role {
                     Role::TransferEncoding => seen.transfer_encoding = true,
                     Role::ContentLength => seen.content_length = true,
                     Role::Connection => seen.connection = true,
                     _ => {}
                 }
-                (span, role)
+                (span(buf, h), role)
             })
             .collect();
-        (RawHead { bytes, headers }, seen)
+        (Located(located), seen)
+    }
+
+    /// The head of `bytes`: the start of the buffer its headers were [located](RawHead::locate)
+    /// in.
+    pub fn new(bytes: Bytes, located: Located) -> RawHead {
+        RawHead {
+            bytes,
+            headers: located.0,
+        }
     }
 
     /// Each header: name (as it came), value, role.
@@ -389,6 +458,30 @@ impl RawHead {
                 slice(&self.bytes, span.value),
                 role,
             )
+        })
+    }
+
+    /// The head's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Each header as [`RawHead::iter`] gives it, with where its line is in the head's bytes
+    /// when it is written `name: value` CRLF there: such lines can be copied whole.
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8], Role, Option<Range<usize>>)> {
+        self.headers.iter().map(|&(span, role)| {
+            let (name_at, name_len) = (span.name.0 as usize, span.name.1 as usize);
+            let (value_at, value_end) = (
+                span.value.0 as usize,
+                (span.value.0 + span.value.1) as usize,
+            );
+            let colon = name_at + name_len;
+            let line = (value_at == colon + 2
+                && self.bytes.get(colon..value_at) == Some(b": ")
+                && self.bytes.get(value_end..value_end + 2) == Some(b"\r\n"))
+            .then_some(name_at..value_end + 2);
+            let name = &self.bytes[name_at..colon];
+            (name, &self.bytes[value_at..value_end], role, line)
         })
     }
 
@@ -576,9 +669,27 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut slots);
         assert!(resp.parse(text).expect("a head").is_complete());
-        let mut at = [Span::default(); MAX_HEADERS];
-        let count = spans(text, resp.headers, &mut at);
-        RawHead::new(Bytes::from_static(text), &at[..count])
+        let (located, seen) = RawHead::locate(text, resp.headers);
+        (RawHead::new(Bytes::from_static(text), located), seen)
+    }
+
+    #[test]
+    fn header_names_are_compared_without_case() {
+        assert!(token_is(b"Content-Length", b"content-length"));
+        assert!(token_is(b"TRANSFER-ENCODING", b"transfer-encoding"));
+        assert!(token_is(b"Te", b"te"));
+        assert!(!token_is(b"content-lengtx", b"content-length"));
+        assert!(!token_is(b"xontent-length", b"content-length"));
+        assert!(!token_is(b"content_length", b"content-length"));
+        assert!(!token_is(b"content-lengths", b"content-length"));
+        // No other token byte stands in for a letter or `-`.
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        for b in (0..=255u8).filter(|&b| tchar(b)) {
+            for known in b'a'..=b'z' {
+                assert_eq!(b | 0x20 == known, b.to_ascii_lowercase() == known, "{b:#x}");
+            }
+            assert_eq!(b | 0x20 == b'-', b == b'-', "{b:#x}");
+        }
     }
 
     #[test]

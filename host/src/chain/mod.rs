@@ -6,9 +6,12 @@ mod context;
 mod local;
 mod without_io;
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +24,7 @@ pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
 use self::local::local;
 pub use self::without_io::handle_without_io;
 use crate::config::FailMode;
+use crate::http1::Role;
 use crate::listener::RequestBody;
 use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};
@@ -320,22 +324,22 @@ impl Run<'_> {
             let sent = Instant::now();
             let result = {
                 let _guard = InFlight::new(endpoint.clone());
-                let sending = upstream::send(&endpoint, pool, &cluster.connections, req);
+                let sending = pin!(upstream::send(&endpoint, pool, &cluster.connections, req));
                 // The deadline from `sent`: no second clock read. One past the clock's range
                 // is no deadline.
                 match sent.checked_add(per_try) {
-                    Some(at) => tokio::time::timeout_at(at.into(), sending).await,
-                    None => Ok(sending.await),
+                    Some(at) => before(at, sending).await,
+                    None => Some(sending.await),
                 }
             };
             let latency = sent.elapsed();
             let (kind, resp) = match result {
-                Ok(Ok(resp)) => (
+                Some(Ok(resp)) => (
                     AttemptResult::from_status(resp.status().as_u16()),
                     Some(resp),
                 ),
-                Ok(Err(e)) => (classify(&e), None),
-                Err(_) => (AttemptResult::Timeout, None),
+                Some(Err(e)) => (classify(&e), None),
+                None => (AttemptResult::Timeout, None),
             };
             let notable = self.record_attempt(&endpoint, kind, latency);
             cluster.duration.observe_ns(latency.as_nanos() as u64);
@@ -474,7 +478,7 @@ impl Run<'_> {
         let mut has_host = false;
         let mut forwarded: Vec<u8> = Vec::new();
         for (name, value) in &head.headers {
-            if HOP_BY_HOP.contains(name)
+            if is_hop_by_hop(name)
                 || *name == X_REQUEST_ID
                 || listed.as_ref().is_some_and(|l| l.contains(name))
                 || (ctx.trace.is_some() && (*name == TRACEPARENT || *name == TRACESTATE))
@@ -615,6 +619,20 @@ impl Run<'_> {
             let _ = f.on_done(self.ctx, &summary);
         }
     }
+}
+
+/// What `fut` gives, unless `deadline` comes first (`None`). The timer sits next to the
+/// future instead of around it: tokio's `timeout_at` would move the whole future (the send's
+/// is most of a kilobyte) into its own.
+async fn before<F: Future>(deadline: Instant, mut fut: Pin<&mut F>) -> Option<F::Output> {
+    let mut timer = pin!(tokio::time::sleep_until(deadline.into()));
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// `error.type` of a failed attempt's span.
@@ -771,7 +789,13 @@ fn failure_response(kind: AttemptResult, attempts: u32, cluster: &str) -> Respon
     )
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// Whether `name` is a hop-by-hop header (the `connection` header aside, which can name more).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    Role::of(name.as_str().as_bytes()).is_hop_by_hop()
+}
+
+// A static, not a const: each use of a const array of names would build and drop it.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -799,7 +823,7 @@ fn connection_listed(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names instead of seven removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     for n in connection_listed(headers).unwrap_or_default() {

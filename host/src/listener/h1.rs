@@ -37,9 +37,7 @@ use tokio::sync::oneshot;
 use tokio::time::Interval;
 
 use crate::chain::Site;
-use crate::http1::{
-    self, Chunk, DecodeError, Framing, MAX_HEADERS, Role, Source, Span, connection_has,
-};
+use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, Role, Source, connection_has};
 use crate::runtime::Proxy;
 use crate::telemetry::ListenerStats;
 use crate::upstream::{BoxError, DownBody};
@@ -367,12 +365,12 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
     let path = req.path.unwrap_or_default();
     let at = path.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + path.len();
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let count = http1::spans(buf, req.headers, &mut spans);
+    let mut slots = http1::span_slots();
+    let spans = http1::spans(buf, req.headers, &mut slots);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Reject::Bad("bad request target"))?;
-    let (mut headers, seen) = http1::header_map(&head, &spans[..count]).map_err(Reject::Bad)?;
+    let (mut headers, seen) = http1::header_map(&head, spans).map_err(Reject::Bad)?;
     let framed = seen.transfer_encoding || seen.content_length;
     let (connection, expect) = (seen.connection, seen.expect);
     let framing = if framed {
@@ -496,7 +494,10 @@ async fn write_response(
                 .flat_map(|v| v.split(|&b| b == b','));
             tokens.map(<[u8]>::trim_ascii).collect::<Vec<_>>()
         });
-        for (name, value, role) in head.iter() {
+        // Lines the endpoint wrote `name: value` CRLF, one after the other, are copied as one
+        // run.
+        let mut run = 0..0;
+        for (name, value, role, line) in head.lines() {
             match role {
                 Role::EndToEnd => {
                     if listed
@@ -513,8 +514,19 @@ async fn write_response(
                 | Role::TransferEncoding
                 | Role::HopByHop => continue,
             }
-            push_header(&mut out, name, value);
+            match line {
+                Some(line) if line.start == run.end => run.end = line.end,
+                Some(line) => {
+                    out.extend_from_slice(&head.bytes()[run]);
+                    run = line;
+                }
+                None => {
+                    out.extend_from_slice(&head.bytes()[std::mem::replace(&mut run, 0..0)]);
+                    push_header(&mut out, name, value);
+                }
+            }
         }
+        out.extend_from_slice(&head.bytes()[run]);
     }
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {

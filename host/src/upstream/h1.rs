@@ -29,9 +29,7 @@ use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use super::pool::{BoxError, Checkin, Open};
-use crate::http1::{
-    self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source, Span,
-};
+use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source};
 
 /// The largest response head read (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -232,10 +230,8 @@ impl Conn {
         };
         // Kept as the head's bytes and where each header is in them: the headers are only
         // written on to the client, and a map is built when someone needs one.
-        let mut spans = [Span::default(); MAX_HEADERS];
-        let count = http1::spans(&self.buf, parsed.headers, &mut spans);
-        let bytes = self.buf.split_to(len).freeze();
-        let (head, seen) = RawHead::new(bytes, &spans[..count]);
+        let (located, seen) = RawHead::locate(&self.buf, parsed.headers);
+        let head = RawHead::new(self.buf.split_to(len).freeze(), located);
         let keep_alive = match version {
             Version::HTTP_10 => {
                 seen.connection && http1::lists(head.values(Role::Connection), "keep-alive")
