@@ -376,3 +376,55 @@ async fn response_headers_pass_as_sent_without_those_of_the_upstream_hop() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_pass_as_sent_without_those_of_the_client_hop() {
+    bounded(Duration::from_secs(60), async {
+        let a = Upstream::start("a").await;
+        a.echo();
+        let sp = Spindle::start(&config(), &[&a]).await;
+        let mut c = Conn::open(&sp).await;
+        c.send(
+            b"GET /h HTTP/1.1\r\nHost: example.test\r\nX-Custom: One\r\nConnection: X-Private\r\n\
+              X-Private: secret\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Request-Id: given-id\r\n\
+              X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nUser-Agent:tight\r\n\r\n",
+        )
+        .await;
+        assert_eq!(c.answer(false).await.status, 200);
+        let seen = &a.seen()[0];
+        let h = &seen.headers;
+        assert_eq!(h["host"], "example.test");
+        assert_eq!(h["x-custom"], "One");
+        assert_eq!(
+            h["user-agent"], "tight",
+            "a line without a space is rewritten"
+        );
+        assert_eq!(h["x-request-id"], "given-id");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        for name in ["connection", "x-private", "keep-alive", "te"] {
+            assert!(h.get(name).is_none(), "{name} reached the upstream: {h:?}");
+        }
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+
+        // The same through an HTTP/2 client, whose headers arrive in a map.
+        let resp = Client::http2()
+            .get(
+                &sp.url("edge"),
+                &[
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-custom", "Two"),
+                    ("te", "trailers"),
+                ],
+            )
+            .await
+            .expect("h2 response");
+        assert_eq!(resp.status, 200);
+        let seen = &a.seen()[1];
+        assert_eq!(seen.headers["x-custom"], "Two");
+        assert_eq!(seen.headers["x-forwarded-for"], "1.1.1.1, 127.0.0.1");
+        assert!(seen.headers.get("te").is_none());
+        assert_eq!(seen.headers.get_all("x-request-id").iter().count(), 1);
+    })
+    .await
+}

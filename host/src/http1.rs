@@ -353,6 +353,13 @@ pub enum Role {
     /// `keep-alive`, `proxy-connection`, `te`, `trailer`, `upgrade`: for this hop only.
     HopByHop,
     Date,
+    // End-to-end headers a proxy adds to or replaces in requests.
+    Host,
+    Expect,
+    RequestId,
+    ForwardedFor,
+    TraceParent,
+    TraceState,
 }
 
 impl Role {
@@ -364,6 +371,12 @@ impl Role {
         let (known, role) = match (name.len(), first) {
             (2, b't') => ("te", Role::HopByHop),
             (4, b'd') => ("date", Role::Date),
+            (4, b'h') => ("host", Role::Host),
+            (6, b'e') => ("expect", Role::Expect),
+            (10, b't') => ("tracestate", Role::TraceState),
+            (11, b't') => ("traceparent", Role::TraceParent),
+            (12, b'x') => ("x-request-id", Role::RequestId),
+            (15, b'x') => ("x-forwarded-for", Role::ForwardedFor),
             (7, b't') => ("trailer", Role::HopByHop),
             (7, b'u') => ("upgrade", Role::HopByHop),
             (10, b'c') => ("connection", Role::Connection),
@@ -433,6 +446,7 @@ impl RawHead {
                     Role::TransferEncoding => seen.transfer_encoding = true,
                     Role::ContentLength => seen.content_length = true,
                     Role::Connection => seen.connection = true,
+                    Role::Expect => seen.expect = true,
                     _ => {}
                 }
                 (span(buf, h), role)
@@ -466,6 +480,11 @@ impl RawHead {
         &self.bytes
     }
 
+    /// Part of the head's bytes, shared.
+    pub fn slice(&self, range: Range<usize>) -> Bytes {
+        self.bytes.slice(range)
+    }
+
     /// Each header as [`RawHead::iter`] gives it, with where its line is in the head's bytes
     /// when it is written `name: value` CRLF there: such lines can be copied whole.
     pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8], Role, Option<Range<usize>>)> {
@@ -492,11 +511,36 @@ impl RawHead {
             .map(|(_, value, _)| value)
     }
 
-    /// The first value of the header `name` (lowercase).
+    /// The first value of the header `name` (any case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.get_all(name).next()
+    }
+
+    /// The values of the header `name` (any case), in order.
+    pub fn get_all<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a [u8]> {
         self.iter()
-            .find(|(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .filter(move |(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, value, _)| value)
+    }
+
+    /// The first value of the header with `role` (one of the roles of a single name).
+    pub fn first(&self, role: Role) -> Option<&[u8]> {
+        self.values(role).next()
+    }
+
+    /// The tokens the `connection` header lists, when it has any (the names of more
+    /// hop-by-hop headers).
+    pub fn connection_tokens(&self) -> Option<Vec<&[u8]>> {
+        self.first(Role::Connection)?;
+        let tokens = self
+            .values(Role::Connection)
+            .flat_map(|v| v.split(|&b| b == b','));
+        Some(
+            tokens
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty())
+                .collect(),
+        )
     }
 
     /// The headers as a map, values sharing the head's bytes.
@@ -511,6 +555,18 @@ impl RawHead {
             map.append(name, value_at(&self.bytes, span.value));
         }
         map
+    }
+}
+
+#[cfg(test)]
+impl RawHead {
+    /// The head of a complete request `text`.
+    pub fn of_request(text: &'static [u8]) -> RawHead {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut slots);
+        assert!(req.parse(text).expect("a request head").is_complete());
+        let (located, _) = RawHead::locate(text, req.headers);
+        RawHead::new(Bytes::from_static(text), located)
     }
 }
 

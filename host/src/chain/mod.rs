@@ -24,7 +24,7 @@ pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
 use self::local::local;
 pub use self::without_io::handle_without_io;
 use crate::config::FailMode;
-use crate::http1::Role;
+use crate::http1::{RawHead, Role};
 use crate::listener::RequestBody;
 use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};
@@ -50,6 +50,7 @@ pub async fn handle(
     proxy: &Arc<Proxy>,
     site: &Site,
     req: Request<RequestBody>,
+    raw: Option<RawHead>,
     client: SocketAddr,
 ) -> Response<DownBody> {
     let start = Instant::now();
@@ -60,7 +61,10 @@ pub async fn handle(
         return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
     };
     let (parts, body) = req.into_parts();
-    let request_id = request_id(&parts.headers);
+    let request_id = request_id(match &raw {
+        Some(raw) => raw.first(Role::RequestId),
+        None => parts.headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes),
+    });
     // What the access log reports is the request as it arrived, before
     // filters rewrite it.
     let logged = site.access_log.as_ref().map(|_| {
@@ -75,7 +79,10 @@ pub async fn handle(
     });
     let tracing = proxy.tracing.get();
     let mut ctx = Box::new(RequestCtx::new(parts, client, request_id));
+    ctx.raw = raw;
     if let Some(t) = tracing {
+        // The trace context and attributes are read from the map.
+        ctx.headers_mut();
         ctx.trace = Some(t.start_server(&ctx.head, client, &site.name, &ctx.request_id));
     }
     let mut ctx = Some(ctx);
@@ -473,25 +480,70 @@ impl Run<'_> {
             trace::inject(t.attempt.as_ref().unwrap_or(&t.server), &mut context);
         }
         let head = &ctx.head;
-        let listed = connection_listed(&head.headers);
+        let traced = ctx.trace.is_some();
         let mut out = HeadWriter::new(&head.method, path);
         let mut has_host = false;
         let mut forwarded: Vec<u8> = Vec::new();
-        for (name, value) in &head.headers {
-            if is_hop_by_hop(name)
-                || *name == X_REQUEST_ID
-                || listed.as_ref().is_some_and(|l| l.contains(name))
-                || (ctx.trace.is_some() && (*name == TRACEPARENT || *name == TRACESTATE))
-            {
-                continue;
+        // Whether a header goes on as it is; `x-forwarded-for` values are gathered.
+        let mut keep = |name: &[u8], value: &[u8], role: Role, listed: Option<&Vec<&[u8]>>| {
+            let passes = match role {
+                Role::Connection
+                | Role::TransferEncoding
+                | Role::HopByHop
+                | Role::RequestId
+                | Role::Expect => false,
+                Role::TraceParent | Role::TraceState => !traced,
+                Role::ForwardedFor => {
+                    forwarded.extend_from_slice(value);
+                    forwarded.extend_from_slice(b", ");
+                    false
+                }
+                Role::Host => {
+                    has_host = true;
+                    true
+                }
+                Role::ContentLength | Role::EndToEnd | Role::Date => true,
+            };
+            passes && !listed.is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name)))
+        };
+        match &ctx.raw {
+            // The client's lines, copied in runs where it wrote them `name: value` CRLF.
+            Some(raw) => {
+                let listed = raw.connection_tokens();
+                let mut run = 0..0;
+                for (name, value, role, line) in raw.lines() {
+                    if !keep(name, value, role, listed.as_ref()) {
+                        continue;
+                    }
+                    match line {
+                        Some(line) if line.start == run.end && role != Role::ContentLength => {
+                            run.end = line.end;
+                        }
+                        Some(line) if role != Role::ContentLength => {
+                            out.lines(&raw.bytes()[run]);
+                            run = line;
+                        }
+                        _ => {
+                            out.lines(&raw.bytes()[std::mem::replace(&mut run, 0..0)]);
+                            out.header_bytes(name, role, value);
+                        }
+                    }
+                }
+                out.lines(&raw.bytes()[run]);
             }
-            if *name == X_FORWARDED_FOR {
-                forwarded.extend_from_slice(value.as_bytes());
-                forwarded.extend_from_slice(b", ");
-                continue;
+            None => {
+                let listed = connection_listed(&head.headers);
+                let listed: Option<Vec<&[u8]>> = listed
+                    .as_ref()
+                    .map(|l| l.iter().map(|n| n.as_str().as_bytes()).collect());
+                for (name, value) in &head.headers {
+                    let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+                    let role = Role::of(name);
+                    if keep(name, value, role, listed.as_ref()) {
+                        out.header_bytes(name, role, value);
+                    }
+                }
             }
-            has_host |= *name == header::HOST;
-            out.header(name, value.as_bytes());
         }
         if !has_host && let Some(a) = head.uri.authority() {
             out.raw(b"host", a.as_str().as_bytes());
@@ -509,6 +561,7 @@ impl Run<'_> {
     /// The HTTP/2 request: absolute URI (`:authority` is the endpoint).
     fn http2_request(&mut self, endpoint: &Endpoint, body: UpBody) -> Request<UpBody> {
         let ctx = self.ctx();
+        ctx.headers_mut();
         let head = &ctx.head;
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = http::Uri::builder()
@@ -837,8 +890,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 // Named once: a lookup by `&str` parses and hashes the name on every call.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Sets `x-forwarded-for` to the values the request came with, joined, and the client.
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
@@ -881,12 +932,16 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     out.extend_from_slice(&text[..n]);
 }
 
-/// The request's id: its own `x-request-id` when usable (1 to 128 bytes of text), else a new one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+/// The request's id: its own `x-request-id` (`given`) when usable (1 to 128 bytes of visible
+/// ASCII, spaces and tabs), else a new one.
+fn request_id(given: Option<&[u8]>) -> String {
+    given
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        })
+        .and_then(|v| std::str::from_utf8(v).ok())
         .map_or_else(new_request_id, str::to_string)
 }
 

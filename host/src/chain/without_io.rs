@@ -39,7 +39,7 @@ pub async fn handle_without_io(
         return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
     };
     let (parts, ()) = req.into_parts();
-    let request_id = request_id(&parts.headers);
+    let request_id = request_id(parts.headers.get("x-request-id").map(|v| v.as_bytes()));
     let mut ctx = Some(Box::new(RequestCtx::new(parts, client, request_id)));
     let mut run = Run {
         proxy,

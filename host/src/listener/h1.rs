@@ -26,7 +26,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 use tokio::time::Interval;
 
 use crate::chain::Site;
-use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, Role, Source, connection_has};
+use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source};
 use crate::runtime::Proxy;
 use crate::telemetry::ListenerStats;
 use crate::upstream::{BoxError, DownBody};
@@ -136,6 +136,8 @@ impl Reject {
 /// A parsed request head.
 struct Head {
     parts: http::request::Parts,
+    /// The headers as they came (`parts` has none then), unless they went into its map.
+    raw: Option<RawHead>,
     framing: Framing,
     keep_alive: bool,
     expects_continue: bool,
@@ -203,6 +205,7 @@ pub(super) async fn serve(
         first = false;
         let Head {
             parts,
+            raw,
             framing,
             mut keep_alive,
             expects_continue,
@@ -231,7 +234,7 @@ pub(super) async fn serve(
         }
         let req = Request::from_parts(parts, body);
         // Boxed: the chain's state would otherwise weigh on every idle connection.
-        let resp = Box::pin(crate::chain::handle(proxy, site, req, peer)).await;
+        let resp = Box::pin(crate::chain::handle(proxy, site, req, raw, peer)).await;
         if let Some(mut back) = back {
             // A body not read to its end leaves the connection where no head can be found.
             match back.try_recv() {
@@ -365,36 +368,42 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
     let path = req.path.unwrap_or_default();
     let at = path.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + path.len();
-    let mut slots = http1::span_slots();
-    let spans = http1::spans(buf, req.headers, &mut slots);
-    let head = buf.split_to(len).freeze();
+    let (located, seen) = RawHead::locate(buf, req.headers);
+    let head = RawHead::new(buf.split_to(len).freeze(), located);
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Reject::Bad("bad request target"))?;
-    let (mut headers, seen) = http1::header_map(&head, spans).map_err(Reject::Bad)?;
-    let framed = seen.transfer_encoding || seen.content_length;
-    let (connection, expect) = (seen.connection, seen.expect);
-    let framing = if framed {
-        framing(&headers, version)?
+    let framing = if seen.transfer_encoding || seen.content_length {
+        framing(&head, seen, version)?
     } else {
         Framing::Done
     };
     let keep_alive = match version {
-        Version::HTTP_10 => connection && connection_has(&headers, "keep-alive"),
-        _ => !(connection && connection_has(&headers, "close")),
+        Version::HTTP_10 => {
+            seen.connection && http1::lists(head.values(Role::Connection), "keep-alive")
+        }
+        _ => !(seen.connection && http1::lists(head.values(Role::Connection), "close")),
     };
-    // Answered here; the endpoint gets the body without being asked.
-    let expects_continue = expect
-        && version == Version::HTTP_11
-        && headers
-            .remove(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // Answered here; the endpoint gets the body without being asked. Rare enough that such a
+    // request's headers go into a map at once, the expectation taken out.
     let (mut parts, ()) = Request::new(()).into_parts();
+    let mut raw = Some(head);
+    let mut expects_continue = false;
+    if seen.expect
+        && let Some(head) = raw.take()
+    {
+        let mut headers = head.to_map();
+        expects_continue = version == Version::HTTP_11
+            && headers
+                .remove(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        parts.headers = headers;
+    }
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    parts.headers = headers;
     Ok(Some(Head {
         parts,
+        raw,
         framing,
         keep_alive,
         expects_continue,
@@ -402,17 +411,22 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
 }
 
 /// A request body's framing (RFC 9112 section 6), refusing the shapes requests are smuggled in.
-fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Reject> {
-    Ok(match http1::chunked(headers) {
+fn framing(head: &RawHead, seen: Seen, version: Version) -> Result<Framing, Reject> {
+    let chunked = if seen.transfer_encoding {
+        http1::last_coding_is_chunked(head.values(Role::TransferEncoding))
+    } else {
+        None
+    };
+    Ok(match chunked {
         Some(_) if version == Version::HTTP_10 => {
             return Err(Reject::Bad("transfer-encoding in an HTTP/1.0 request"));
         }
-        Some(_) if headers.contains_key(header::CONTENT_LENGTH) => {
+        Some(_) if seen.content_length => {
             return Err(Reject::Bad("both transfer-encoding and content-length"));
         }
         Some(true) => Framing::Chunked(Chunk::Size),
         Some(false) => return Err(Reject::Bad("transfer-encoding does not end in chunked")),
-        None => match http1::content_length(headers).map_err(Reject::Bad)? {
+        None => match http1::length_of(head.values(Role::ContentLength)).map_err(Reject::Bad)? {
             Some(n) => Framing::Length(n),
             None => Framing::Done,
         },
@@ -488,18 +502,19 @@ async fn write_response(
     let (mut has_length, mut has_date) = (false, false);
     if let Some(head) = body.take_head() {
         // An HTTP/1.1 endpoint's headers, as it sent them, without those for its hop.
-        let listed = head.values(Role::Connection).next().is_some().then(|| {
-            let tokens = head
-                .values(Role::Connection)
-                .flat_map(|v| v.split(|&b| b == b','));
-            tokens.map(<[u8]>::trim_ascii).collect::<Vec<_>>()
-        });
+        let listed = head.connection_tokens();
         // Lines the endpoint wrote `name: value` CRLF, one after the other, are copied as one
         // run.
         let mut run = 0..0;
         for (name, value, role, line) in head.lines() {
             match role {
-                Role::EndToEnd => {
+                Role::EndToEnd
+                | Role::Host
+                | Role::Expect
+                | Role::RequestId
+                | Role::ForwardedFor
+                | Role::TraceParent
+                | Role::TraceState => {
                     if listed
                         .as_ref()
                         .is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name)))
@@ -785,7 +800,11 @@ mod tests {
         .unwrap();
         assert_eq!(head.parts.method, Method::POST);
         assert_eq!(head.parts.uri, "/a?b=1");
-        assert_eq!(head.parts.headers.get_all("x-a").iter().count(), 2);
+        // The headers stay as they came, no map built.
+        assert!(head.parts.headers.is_empty());
+        let raw = head.raw.as_ref().expect("the client's head");
+        assert_eq!(raw.get_all("x-a").collect::<Vec<_>>(), [b"1", b"2"]);
+        assert_eq!(raw.first(Role::Host), Some(&b"x"[..]));
         assert_eq!(head.framing, Framing::Length(5));
         assert!(head.keep_alive && !head.expects_continue);
 
@@ -794,7 +813,10 @@ mod tests {
             .unwrap();
         assert_eq!(head.framing, Framing::Chunked(Chunk::Size));
         assert!(!head.keep_alive && head.expects_continue);
+        // An expectation answered here is taken out: such a head goes into a map.
+        assert!(head.raw.is_none());
         assert!(!head.parts.headers.contains_key(header::EXPECT));
+        assert_eq!(head.parts.headers["transfer-encoding"], "chunked");
 
         let head = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(

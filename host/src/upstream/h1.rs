@@ -312,6 +312,21 @@ impl HeadWriter {
         self.raw(name.as_str().as_bytes(), value);
     }
 
+    /// Adds a header with its [`Role`], except `content-length` and `transfer-encoding`.
+    pub fn header_bytes(&mut self, name: &[u8], role: Role, value: &[u8]) {
+        match role {
+            Role::ContentLength => self.had_length = true,
+            Role::TransferEncoding => {}
+            _ => self.raw(name, value),
+        }
+    }
+
+    /// Adds header lines, each `name: value` CRLF, none of them `content-length` or
+    /// `transfer-encoding`.
+    pub fn lines(&mut self, lines: &[u8]) {
+        self.out.extend_from_slice(lines);
+    }
+
     /// Adds a header whose name is neither of those.
     pub fn raw(&mut self, name: &[u8], value: &[u8]) {
         self.out.extend_from_slice(name);

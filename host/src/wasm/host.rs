@@ -96,7 +96,7 @@ impl HostState {
             return;
         };
         let headers = match (&mut self.req, response) {
-            (Some(r), false) => &mut r.head.headers,
+            (Some(r), false) => r.headers_mut(),
             (Some(r), true) => match &mut r.response {
                 Some(resp) => &mut resp.headers,
                 None => return,
@@ -196,19 +196,17 @@ impl Host for HostState {
 
     fn request_header(&mut self, name: String) -> Option<String> {
         let r = self.req.as_ref()?;
-        let v = r.head.headers.get(name.as_str())?;
-        Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
+        let v = r.header(&name)?;
+        Some(String::from_utf8_lossy(v).into_owned())
     }
 
     fn request_header_all(&mut self, name: String) -> Vec<String> {
         let Some(r) = self.req.as_ref() else {
             return Vec::new();
         };
-        r.head
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        r.header_all(&name)
+            .into_iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect()
     }
 
@@ -222,7 +220,7 @@ impl Host for HostState {
 
     fn remove_request_header(&mut self, name: String) {
         if let Some(r) = self.req.as_mut() {
-            r.head.headers.remove(name.as_str());
+            r.headers_mut().remove(name.as_str());
         }
     }
 
@@ -480,6 +478,32 @@ mod tests {
         s.set_request_header("x-flood".into(), "only".into());
         let headers = &s.req.as_ref().expect("bound request").head.headers;
         assert_eq!(headers.get_all("x-flood").iter().count(), 1);
+    }
+
+    #[test]
+    fn request_headers_are_read_from_the_clients_head_until_one_changes() {
+        let mut s = state();
+        let raw = crate::http1::RawHead::of_request(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+        );
+        s.req.as_mut().expect("bound request").raw = Some(raw);
+        assert_eq!(s.request_header("x-a".into()), Some("1".into()));
+        assert_eq!(s.request_header("HOST".into()), Some("x".into()));
+        assert_eq!(s.request_header_all("X-A".into()), ["1", "2"]);
+        assert_eq!(s.request_header("x-none".into()), None);
+        assert!(
+            s.req.as_ref().expect("bound request").raw.is_some(),
+            "reading builds no map"
+        );
+        s.set_request_header("x-b".into(), "3".into());
+        let r = s.req.as_ref().expect("bound request");
+        assert!(r.raw.is_none(), "a change moves the headers into the map");
+        assert_eq!(r.head.headers["host"], "x");
+        assert_eq!(r.head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(r.head.headers["x-b"], "3");
+        s.remove_request_header("X-A".into());
+        assert_eq!(s.request_header_all("x-a".into()), Vec::<String>::new());
+        assert_eq!(s.request_header("x-b".into()), Some("3".into()));
     }
 
     #[test]
