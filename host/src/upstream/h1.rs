@@ -64,21 +64,39 @@ impl From<DecodeError> for H1Error {
     }
 }
 
-/// One HTTP/1.1 connection to an endpoint, between exchanges.
-pub struct Conn {
+/// One HTTP/1.1 connection to an endpoint, between exchanges. Its state is boxed once, when
+/// the connection opens: a response body holds the connection, and a response moves several
+/// times on its way to the client, each move copying what is inline.
+pub struct Conn(Box<ConnState>);
+
+/// What a [`Conn`] holds.
+pub struct ConnState {
     io: TcpStream,
     buf: BytesMut,
     /// Uncounts the connection when it closes.
     _open: Open,
 }
 
+impl std::ops::Deref for Conn {
+    type Target = ConnState;
+    fn deref(&self) -> &ConnState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ConnState {
+        &mut self.0
+    }
+}
+
 impl Conn {
     pub(super) fn new(io: TcpStream, open: Open) -> Self {
-        Self {
+        Self(Box::new(ConnState {
             io,
             buf: BytesMut::new(),
             _open: open,
-        }
+        }))
     }
 
     /// Whether the endpoint closed the idle connection or sent something unasked. Asks the
@@ -267,8 +285,9 @@ impl Source for Conn {
     /// read: the next read waits for the runtime instead of making a system call that would
     /// find nothing.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(READ_CHUNK);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let state = &mut *self.0;
+        state.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut state.io), cx, &mut state.buf)
     }
 }
 
