@@ -19,6 +19,14 @@ fn config() -> String {
         + "\n[runtime]\nworker_threads = 1\n"
 }
 
+/// An upstream `a` that echoes requests, behind a Spindle of [`config`].
+async fn echo_proxy() -> (Upstream, Spindle) {
+    let a = Upstream::start("a").await;
+    a.echo();
+    let sp = Spindle::start(&config(), &[&a]).await;
+    (a, sp)
+}
+
 /// One response read off a raw connection.
 #[derive(Debug)]
 struct Answer {
@@ -151,9 +159,7 @@ impl Conn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_and_bodies_of_every_framing_share_one_connection() {
     bounded(Duration::from_secs(60), async {
-        let a = Upstream::start("a").await;
-        a.echo();
-        let sp = Spindle::start(&config(), &[&a]).await;
+        let (a, sp) = echo_proxy().await;
         let mut c = Conn::open(&sp).await;
         // Three requests in one write: a GET, a POST with a length, a chunked POST.
         c.send(
@@ -197,9 +203,7 @@ async fn pipelined_requests_and_bodies_of_every_framing_share_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_http10_and_head_are_answered_as_clients_expect() {
     bounded(Duration::from_secs(60), async {
-        let a = Upstream::start("a").await;
-        a.echo();
-        let sp = Spindle::start(&config(), &[&a]).await;
+        let (a, sp) = echo_proxy().await;
 
         // Expect: 100-continue gets its interim answer before the body is sent.
         let mut c = Conn::open(&sp).await;
@@ -380,9 +384,7 @@ async fn response_headers_pass_as_sent_without_those_of_the_upstream_hop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_headers_pass_as_sent_without_those_of_the_client_hop() {
     bounded(Duration::from_secs(60), async {
-        let a = Upstream::start("a").await;
-        a.echo();
-        let sp = Spindle::start(&config(), &[&a]).await;
+        let (a, sp) = echo_proxy().await;
         let mut c = Conn::open(&sp).await;
         c.send(
             b"GET /h HTTP/1.1\r\nHost: example.test\r\nX-Custom: One\r\nConnection: X-Private\r\n\
