@@ -408,6 +408,11 @@ async fn request_headers_pass_as_sent_without_those_of_the_client_hop() {
         }
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+        // A name `connection` lists is for the client's hop, even one Spindle would add to.
+        c.send(b"GET /l HTTP/1.1\r\nHost: x\r\nConnection: X-Forwarded-For\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n")
+            .await;
+        assert_eq!(c.answer(false).await.status, 200);
+        assert_eq!(a.seen()[1].headers["x-forwarded-for"], "127.0.0.1");
 
         // The same through an HTTP/2 client, whose headers arrive in a map.
         let resp = Client::http2()
@@ -422,7 +427,7 @@ async fn request_headers_pass_as_sent_without_those_of_the_client_hop() {
             .await
             .expect("h2 response");
         assert_eq!(resp.status, 200);
-        let seen = &a.seen()[1];
+        let seen = &a.seen()[2];
         assert_eq!(seen.headers["x-custom"], "Two");
         assert_eq!(seen.headers["x-forwarded-for"], "1.1.1.1, 127.0.0.1");
         assert!(seen.headers.get("te").is_none());

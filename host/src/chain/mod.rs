@@ -484,14 +484,16 @@ impl Run<'_> {
         let mut out = HeadWriter::new(&head.method, path);
         let mut has_host = false;
         let mut forwarded: Vec<u8> = Vec::new();
-        // Whether a header goes on as it is; `x-forwarded-for` values are gathered.
+        // Whether a header goes on as it is; `x-forwarded-for` values are gathered. A name the
+        // client's `connection` lists is for its hop only, whatever it is.
         let mut keep = |name: &[u8], value: &[u8], role: Role, listed: Option<&Vec<&[u8]>>| {
-            let passes = match role {
-                Role::Connection
-                | Role::TransferEncoding
-                | Role::HopByHop
-                | Role::RequestId
-                | Role::Expect => false,
+            if listed.is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name))) {
+                return false;
+            }
+            match role {
+                Role::Connection | Role::TransferEncoding | Role::HopByHop | Role::RequestId => {
+                    false
+                }
                 Role::TraceParent | Role::TraceState => !traced,
                 Role::ForwardedFor => {
                     forwarded.extend_from_slice(value);
@@ -502,9 +504,9 @@ impl Run<'_> {
                     has_host = true;
                     true
                 }
-                Role::ContentLength | Role::EndToEnd | Role::Date => true,
-            };
-            passes && !listed.is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name)))
+                // An expectation other than the `100-continue` answered here goes on.
+                Role::ContentLength | Role::EndToEnd | Role::Date | Role::Expect => true,
+            }
         };
         match &ctx.raw {
             // The client's lines, copied in runs where it wrote them `name: value` CRLF.
