@@ -1,14 +1,14 @@
-//! What both sides of HTTP/1.1 share: reading message bodies by their framing (RFC 9112
+//! What both sides of HTTP/1.1 share: heads kept as their bytes ([`RawHead`]), what each
+//! header means to HTTP/1.1 ([`Role`]), reading message bodies by their framing (RFC 9112
 //! section 6), chunked decoding and the `connection` header's tokens. The listener reads
-//! request bodies with it, the upstream client response bodies.
+//! requests with it, the upstream client responses.
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// The longest chunk-size line or trailer line accepted.
 const MAX_LINE_BYTES: usize = 4096;
@@ -17,36 +17,12 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Where a header's name and value are in the head's bytes.
 #[derive(Clone, Copy)]
-pub struct Span {
+struct Span {
     name: (u32, u32),
     value: (u32, u32),
 }
 
-/// Room for the spans of a head's headers, left uninitialised: a head has a few of the
-/// hundred it may have, and zeroing them all costs more than noting those.
-pub type SpanSlots = [MaybeUninit<Span>; MAX_HEADERS];
-
-/// Empty [`SpanSlots`].
-pub const fn span_slots() -> SpanSlots {
-    [const { MaybeUninit::uninit() }; MAX_HEADERS]
-}
-
-/// Notes where each parsed header is in `buf` (the bytes `headers` were parsed from), so that
-/// they can be cut from the head once it is split off the buffer: values without a copy.
-pub fn spans<'a>(
-    buf: &[u8],
-    headers: &[httparse::Header<'_>],
-    out: &'a mut SpanSlots,
-) -> &'a [Span] {
-    let count = headers.len().min(MAX_HEADERS);
-    for (slot, h) in out.iter_mut().zip(headers) {
-        slot.write(span(buf, h));
-    }
-    // SAFETY: the first `count` slots were written just above, and `MaybeUninit<Span>` has
-    // `Span`'s layout.
-    unsafe { &*(std::ptr::from_ref(&out[..count]) as *const [Span]) }
-}
-
+/// Where header `h`, parsed by `httparse` from `buf`, is in it.
 fn span(buf: &[u8], h: &httparse::Header<'_>) -> Span {
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
@@ -56,30 +32,14 @@ fn span(buf: &[u8], h: &httparse::Header<'_>) -> Span {
     }
 }
 
-/// The message headers that decide framing and the connection's fate, noted while the map is
-/// built: most messages have few of them, and each lookup hashes the name.
+/// The message headers that decide framing and the connection's fate, noted while a head is
+/// located: most messages have none of them, and then nothing is looked up.
 #[derive(Clone, Copy, Default)]
 pub struct Seen {
     pub transfer_encoding: bool,
     pub content_length: bool,
     pub connection: bool,
     pub expect: bool,
-}
-
-/// The header map of a head whose headers are at `spans` in `head` (parsed by `httparse`).
-pub fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Seen), &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    let mut seen = Seen::default();
-    for span in spans {
-        let name = HeaderName::from_bytes(slice(head, span.name)).map_err(|_| "bad header name")?;
-        let value = value_at(head, span.value);
-        seen.transfer_encoding |= name == header::TRANSFER_ENCODING;
-        seen.content_length |= name == header::CONTENT_LENGTH;
-        seen.connection |= name == header::CONNECTION;
-        seen.expect |= name == header::EXPECT;
-        headers.append(name, value);
-    }
-    Ok((headers, seen))
 }
 
 /// Bytes read from a connection, and the way to read more.
@@ -281,21 +241,11 @@ pub fn chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(text, 16).ok()
 }
 
-/// Whether the `connection` header lists `token`.
-pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    lists(values(headers, &header::CONNECTION), token)
-}
-
 /// Whether a comma-separated header's `values` list `token` (case-insensitive).
 pub fn lists<'a>(values: impl Iterator<Item = &'a [u8]>, token: &str) -> bool {
     values
         .flat_map(|v| v.split(|&b| b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// Whether the last transfer coding is `chunked`: `None` without `transfer-encoding`.
-pub fn chunked(headers: &HeaderMap) -> Option<bool> {
-    last_coding_is_chunked(values(headers, &header::TRANSFER_ENCODING))
 }
 
 /// Whether the last of the `transfer-encoding` `values`' codings is `chunked`: `None` without
@@ -314,12 +264,6 @@ pub fn last_coding_is_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Opt
     present.then(|| last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")))
 }
 
-/// The `content-length`: `Ok(None)` without one, an error when a value is not a number or
-/// two disagree.
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    length_of(values(headers, &header::CONTENT_LENGTH))
-}
-
 /// The length the `content-length` `values` agree on.
 pub fn length_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, &'static str> {
     let mut length = None;
@@ -335,10 +279,6 @@ pub fn length_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u6
         length = Some(n);
     }
     Ok(length)
-}
-
-fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers.get_all(name).into_iter().map(HeaderValue::as_bytes)
 }
 
 /// What a header means to HTTP/1.1 itself, beyond the message it is in.
@@ -684,7 +624,7 @@ mod tests {
 
     #[test]
     fn every_value_httparse_accepts_is_a_valid_header_value() {
-        // What `header_map`'s unchecked values rely on, for every byte in a value.
+        // What `RawHead::to_map`'s unchecked values rely on, for every byte in a value.
         // Long values too: httparse scans those with SIMD.
         let pad = [b'a'; 40];
         for (b, pad) in (0..=255u8).flat_map(|b| [(b, &pad[..1]), (b, &pad[..])]) {
@@ -814,22 +754,24 @@ mod tests {
 
     #[test]
     fn framing_headers_are_read_strictly() {
-        let mut h = HeaderMap::new();
-        assert_eq!(chunked(&h), None);
-        assert_eq!(content_length(&h), Ok(None));
-        h.append(header::TRANSFER_ENCODING, "gzip, chunked".parse().unwrap());
-        assert_eq!(chunked(&h), Some(true));
-        h.append(header::TRANSFER_ENCODING, "gzip".parse().unwrap());
-        assert_eq!(chunked(&h), Some(false));
-        h.append(header::CONTENT_LENGTH, "12".parse().unwrap());
-        h.append(header::CONTENT_LENGTH, " 12".parse().unwrap());
-        assert_eq!(content_length(&h), Ok(Some(12)));
-        h.append(header::CONTENT_LENGTH, "13".parse().unwrap());
-        assert!(content_length(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.append(header::CONTENT_LENGTH, "+5".parse().unwrap());
-        assert!(content_length(&h).is_err());
-        h.insert(header::CONNECTION, "Keep-Alive, Upgrade".parse().unwrap());
-        assert!(connection_has(&h, "upgrade") && !connection_has(&h, "close"));
+        let v = |values: &[&'static str]| values.iter().map(|v| v.as_bytes()).collect::<Vec<_>>();
+        let chunked = |values: &[&'static str]| last_coding_is_chunked(v(values).into_iter());
+        let length = |values: &[&'static str]| length_of(v(values).into_iter());
+        assert_eq!(chunked(&[]), None);
+        assert_eq!(length(&[]), Ok(None));
+        assert_eq!(chunked(&["gzip, chunked"]), Some(true));
+        assert_eq!(chunked(&["gzip, chunked", "gzip"]), Some(false));
+        assert_eq!(
+            chunked(&[" , "]),
+            Some(false),
+            "present but naming no coding"
+        );
+        assert_eq!(length(&["12", " 12"]), Ok(Some(12)));
+        assert!(length(&["12", "13"]).is_err());
+        assert!(length(&["+5"]).is_err());
+        assert!(length(&["99999999999999999999"]).is_err());
+        let connection = v(&["Keep-Alive, Upgrade"]);
+        assert!(lists(connection.iter().copied(), "upgrade"));
+        assert!(!lists(connection.iter().copied(), "close"));
     }
 }
