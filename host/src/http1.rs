@@ -415,19 +415,40 @@ impl RawHead {
         })
     }
 
-    /// The head's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
     /// Part of the head's bytes, shared.
     pub fn slice(&self, range: Range<usize>) -> Bytes {
         self.bytes.slice(range)
     }
 
+    /// Appends the headers `keep` accepts as `name: value` CRLF lines, leaving out the names
+    /// the head's own `connection` header lists (they were for the hop it came over). Lines
+    /// the head has in that form, one after the other, are copied as one run.
+    pub fn write_lines(&self, out: &mut Vec<u8>, mut keep: impl FnMut(&[u8], &[u8], Role) -> bool) {
+        let listed = self.connection_tokens();
+        let mut run = 0..0;
+        for (name, value, role, line) in self.lines() {
+            if listed
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name)))
+                || !keep(name, value, role)
+            {
+                continue;
+            }
+            match line {
+                Some(line) if line.start == run.end => run.end = line.end,
+                Some(line) => out.extend_from_slice(&self.bytes[std::mem::replace(&mut run, line)]),
+                None => {
+                    out.extend_from_slice(&self.bytes[std::mem::replace(&mut run, 0..0)]);
+                    push_header(out, name, value);
+                }
+            }
+        }
+        out.extend_from_slice(&self.bytes[run]);
+    }
+
     /// Each header as [`RawHead::iter`] gives it, with where its line is in the head's bytes
     /// when it is written `name: value` CRLF there: such lines can be copied whole.
-    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8], Role, Option<Range<usize>>)> {
+    fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8], Role, Option<Range<usize>>)> {
         self.headers.iter().map(|&(span, role)| {
             let (name_at, name_len) = (span.name.0 as usize, span.name.1 as usize);
             let (value_at, value_end) = (
@@ -470,7 +491,7 @@ impl RawHead {
 
     /// The tokens the `connection` header lists, when it has any (the names of more
     /// hop-by-hop headers).
-    pub fn connection_tokens(&self) -> Option<Vec<&[u8]>> {
+    fn connection_tokens(&self) -> Option<Vec<&[u8]>> {
         self.first(Role::Connection)?;
         let tokens = self
             .values(Role::Connection)
@@ -522,6 +543,14 @@ fn value_at(head: &Bytes, (at, n): (u32, u32)) -> HeaderValue {
     // check `from_maybe_shared` would repeat byte by byte cannot fail. Debug builds
     // check anyway.
     unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + n)) }
+}
+
+/// Appends the header line `name: value` CRLF.
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `n` in decimal.

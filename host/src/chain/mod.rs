@@ -484,12 +484,9 @@ impl Run<'_> {
         let mut out = HeadWriter::new(&head.method, path);
         let mut has_host = false;
         let mut forwarded: Vec<u8> = Vec::new();
-        // Whether a header goes on as it is; `x-forwarded-for` values are gathered. A name the
-        // client's `connection` lists is for its hop only, whatever it is.
-        let mut keep = |name: &[u8], value: &[u8], role: Role, listed: Option<&Vec<&[u8]>>| {
-            if listed.is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name))) {
-                return false;
-            }
+        // Whether a header goes on as it is; `x-forwarded-for` values are gathered. (A name the
+        // client's `connection` lists, for its hop only whatever it is, is left out before.)
+        let mut keep = |value: &[u8], role: Role| {
             match role {
                 Role::Connection | Role::TransferEncoding | Role::HopByHop | Role::RequestId => {
                     false
@@ -509,39 +506,15 @@ impl Run<'_> {
             }
         };
         match &ctx.raw {
-            // The client's lines, copied in runs where it wrote them `name: value` CRLF.
-            Some(raw) => {
-                let listed = raw.connection_tokens();
-                let mut run = 0..0;
-                for (name, value, role, line) in raw.lines() {
-                    if !keep(name, value, role, listed.as_ref()) {
-                        continue;
-                    }
-                    match line {
-                        Some(line) if line.start == run.end && role != Role::ContentLength => {
-                            run.end = line.end;
-                        }
-                        Some(line) if role != Role::ContentLength => {
-                            out.lines(&raw.bytes()[run]);
-                            run = line;
-                        }
-                        _ => {
-                            out.lines(&raw.bytes()[std::mem::replace(&mut run, 0..0)]);
-                            out.header_bytes(name, role, value);
-                        }
-                    }
-                }
-                out.lines(&raw.bytes()[run]);
-            }
+            // The client's lines, copied in runs where it wrote them `name: value` CRLF (the
+            // names its `connection` lists left out there).
+            Some(raw) => out.headers_of(raw, |_, value, role| keep(value, role)),
             None => {
-                let listed = connection_listed(&head.headers);
-                let listed: Option<Vec<&[u8]>> = listed
-                    .as_ref()
-                    .map(|l| l.iter().map(|n| n.as_str().as_bytes()).collect());
+                let listed = connection_listed(&head.headers).unwrap_or_default();
                 for (name, value) in &head.headers {
                     let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
                     let role = Role::of(name);
-                    if keep(name, value, role, listed.as_ref()) {
+                    if !listed.iter().any(|l| l.as_str().as_bytes() == name) && keep(value, role) {
                         out.header_bytes(name, role, value);
                     }
                 }

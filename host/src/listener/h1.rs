@@ -502,46 +502,26 @@ async fn write_response(
     let (mut has_length, mut has_date) = (false, false);
     if let Some(head) = body.take_head() {
         // An HTTP/1.1 endpoint's headers, as it sent them, without those for its hop.
-        let listed = head.connection_tokens();
-        // Lines the endpoint wrote `name: value` CRLF, one after the other, are copied as one
-        // run.
-        let mut run = 0..0;
-        for (name, value, role, line) in head.lines() {
-            match role {
-                Role::EndToEnd
-                | Role::Host
-                | Role::Expect
-                | Role::RequestId
-                | Role::ForwardedFor
-                | Role::TraceParent
-                | Role::TraceState => {
-                    if listed
-                        .as_ref()
-                        .is_some_and(|l| l.iter().any(|t| t.eq_ignore_ascii_case(name)))
-                    {
-                        continue;
-                    }
-                }
-                Role::ContentLength if keep_length => has_length = true,
-                Role::Date => has_date = true,
-                Role::ContentLength
-                | Role::Connection
-                | Role::TransferEncoding
-                | Role::HopByHop => continue,
+        head.write_lines(&mut out, |_, _, role| match role {
+            Role::ContentLength if keep_length => {
+                has_length = true;
+                true
             }
-            match line {
-                Some(line) if line.start == run.end => run.end = line.end,
-                Some(line) => {
-                    out.extend_from_slice(&head.bytes()[run]);
-                    run = line;
-                }
-                None => {
-                    out.extend_from_slice(&head.bytes()[std::mem::replace(&mut run, 0..0)]);
-                    push_header(&mut out, name, value);
-                }
+            Role::Date => {
+                has_date = true;
+                true
             }
-        }
-        out.extend_from_slice(&head.bytes()[run]);
+            Role::ContentLength | Role::Connection | Role::TransferEncoding | Role::HopByHop => {
+                false
+            }
+            Role::EndToEnd
+            | Role::Host
+            | Role::Expect
+            | Role::RequestId
+            | Role::ForwardedFor
+            | Role::TraceParent
+            | Role::TraceState => true,
+        });
     }
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
@@ -554,7 +534,7 @@ async fn write_response(
             }
             has_length = true;
         }
-        push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        http1::push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     match out_framing {
         Out::Length(n) => push_length(&mut out, n),
@@ -581,13 +561,6 @@ async fn write_response(
     }
     let complete = write_body(wr, out, body, out_framing).await?;
     Ok(keep_alive && complete)
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn push_length(out: &mut Vec<u8>, n: u64) {
@@ -670,7 +643,7 @@ async fn write_body(
         Out::Chunked => {
             out.extend_from_slice(b"0\r\n");
             for (name, value) in trailers.iter().flatten() {
-                push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+                http1::push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
             true

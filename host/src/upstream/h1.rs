@@ -340,18 +340,23 @@ impl HeadWriter {
         }
     }
 
-    /// Adds header lines, each `name: value` CRLF, none of them `content-length` or
-    /// `transfer-encoding`.
-    pub fn lines(&mut self, lines: &[u8]) {
-        self.out.extend_from_slice(lines);
+    /// Adds the headers of a client's head that `keep` accepts (see [`RawHead::write_lines`]),
+    /// except `content-length` and `transfer-encoding`.
+    pub fn headers_of(&mut self, head: &RawHead, mut keep: impl FnMut(&[u8], &[u8], Role) -> bool) {
+        let had_length = &mut self.had_length;
+        head.write_lines(&mut self.out, |name, value, role| match role {
+            Role::ContentLength => {
+                *had_length |= keep(name, value, role);
+                false
+            }
+            Role::TransferEncoding => false,
+            _ => keep(name, value, role),
+        });
     }
 
     /// Adds a header whose name is neither of those.
     pub fn raw(&mut self, name: &[u8], value: &[u8]) {
-        self.out.extend_from_slice(name);
-        self.out.extend_from_slice(b": ");
-        self.out.extend_from_slice(value);
-        self.out.extend_from_slice(b"\r\n");
+        http1::push_header(&mut self.out, name, value);
     }
 
     /// Ends the head with the body's framing: `content-length` when its size is known (none
