@@ -82,3 +82,49 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     })
     .await
 }
+
+/// The voluntary context switches of `pid`'s thread named `name` so far.
+fn thread_switches(pid: u32, name: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok());
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_proxy_does_not_wake_its_epoch_thread_every_millisecond() {
+    bounded(Duration::from_secs(120), async {
+        let a = Upstream::start("a").await;
+        let sp = Spindle::start(&config(), &[&a]).await;
+        let resp = Client::new()
+            .get(&format!("{}/x", sp.url("edge")), &[])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        let pid = sp.pid().expect("spindle runs");
+        // The last call's deadline (20 ms) passes, then the thread sleeps.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = thread_switches(pid, "spindle-epoch").expect("the epoch thread exists");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = thread_switches(pid, "spindle-epoch").expect("the epoch thread exists");
+        // Ticking every millisecond would be about 1,000; idle, it looks about once a second.
+        assert!(after - before <= 20, "{} wake-ups in 1 s", after - before);
+
+        // It still ticks for calls: the next request is served as before.
+        let resp = Client::new()
+            .get(&format!("{}/y", sp.url("edge")), &[])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+    })
+    .await
+}

@@ -3,6 +3,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -12,8 +14,86 @@ use super::bindings::SpindleFilter;
 use super::host::HostState;
 use crate::config::MAX_MEMORY_MB;
 
-/// How often the epoch advances: the unit of per-call deadlines.
+/// How often the epoch advances while a guest call may be running: the unit of per-call
+/// deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How long the idle ticker sleeps before it looks whether its engine is gone.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a guest call's deadline lies ahead,
+/// and sleeps when none does: an idle host does not wake a thousand times a second.
+///
+/// Every call (and every deadline extension) says how many ticks its deadline is away through
+/// [`EpochTicker::cover`]; the ticker runs at least until then. Under load that costs each call
+/// two atomic loads and, about once per tick, one `fetch_max`; the first call after a quiet
+/// spell also wakes the ticker thread.
+#[derive(Debug, Default)]
+pub struct EpochTicker {
+    /// Ticks so far: the engine's epoch (only the ticker thread writes it).
+    epoch: AtomicU64,
+    /// The ticker goes on while `epoch` is below this.
+    until: AtomicU64,
+    /// The ticker thread sleeps for want of calls.
+    parked: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl EpochTicker {
+    /// Keeps the epoch advancing for at least `ticks` more ticks: a deadline set `ticks` ahead
+    /// now is reached.
+    #[inline]
+    pub fn cover(&self, ticks: u64) {
+        // One more: the engine's epoch may be a tick ahead of the mirror read here.
+        let want = self.epoch.load(Ordering::Relaxed) + ticks + 1;
+        if self.until.load(Ordering::Relaxed) >= want {
+            return;
+        }
+        let before = self.until.fetch_max(want, Ordering::SeqCst);
+        if before < want
+            && self.parked.load(Ordering::SeqCst)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+    }
+
+    /// Ticks done so far.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Starts the thread that advances `engine`'s epoch; it ends soon after the engine does.
+    fn start(self: &Arc<Self>, engine: &Engine) -> std::io::Result<()> {
+        let weak = engine.weak();
+        let me = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("spindle-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    let epoch = me.epoch.load(Ordering::Relaxed);
+                    if epoch < me.until.load(Ordering::SeqCst) {
+                        engine.increment_epoch();
+                        me.epoch.store(epoch + 1, Ordering::Relaxed);
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                        continue;
+                    }
+                    drop(engine);
+                    // Parked is announced before the last look at `until`: a `cover` after
+                    // that look sees it and wakes the thread (an unpark before the park makes
+                    // the park return at once).
+                    me.parked.store(true, Ordering::SeqCst);
+                    if me.epoch.load(Ordering::Relaxed) >= me.until.load(Ordering::SeqCst) {
+                        std::thread::park_timeout(IDLE_CHECK);
+                    }
+                    me.parked.store(false, Ordering::SeqCst);
+                }
+            })?;
+        let _ = self.thread.set(handle.thread().clone());
+        Ok(())
+    }
+}
 
 /// Why a module could not be turned into something runnable.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +112,8 @@ pub struct WasmEngine {
     pub linker: Linker<HostState>,
     /// False when the pooling allocator could not reserve its memory.
     pub pooling: bool,
+    /// Advances `engine`'s epoch while calls run.
+    pub ticker: Arc<EpochTicker>,
     cache_dir: Option<PathBuf>,
     cache_key: String,
 }
@@ -53,16 +135,8 @@ impl WasmEngine {
         SpindleFilter::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("linking the host API: {e}"))?;
 
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("spindle-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })?;
+        let ticker = Arc::new(EpochTicker::default());
+        ticker.start(&engine)?;
 
         let mut h = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
@@ -76,6 +150,7 @@ impl WasmEngine {
         Ok(Self {
             engine,
             pooling,
+            ticker,
             linker,
             cache_dir,
             cache_key,
@@ -181,5 +256,37 @@ mod tests {
             Err(CompileError::Compile(_))
         ));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_epoch_advances_only_while_a_deadline_is_ahead() {
+        let e = WasmEngine::new(None).expect("engine");
+        // No call yet: the ticker sleeps.
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(e.ticker.epoch(), 0);
+        e.ticker.cover(5);
+        let start = std::time::Instant::now();
+        while e.ticker.epoch() < 5 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the ticker did not wake"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Past the covered ticks it stops again.
+        std::thread::sleep(Duration::from_millis(30));
+        let settled = e.ticker.epoch();
+        assert!(settled <= 6, "ticked past the cover: {settled}");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(e.ticker.epoch(), settled);
+        // A second cover wakes it once more.
+        e.ticker.cover(3);
+        while e.ticker.epoch() < settled + 3 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the ticker did not wake again"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }

@@ -20,7 +20,7 @@ use super::bindings::exports::spindle::filter::filter::{
 };
 use super::bindings::spindle::filter::types::{AttemptOutcomes, Declaration, Hooks};
 use super::bindings::{SpindleFilter, SpindleFilterPre};
-use super::engine::WasmEngine;
+use super::engine::{EpochTicker, WasmEngine};
 use super::host::{DeadlineWatch, HostEnv, HostState};
 use crate::chain::RequestCtx;
 use crate::config::{FailMode, FilterConfig};
@@ -97,6 +97,7 @@ pub struct FilterModule {
     config_json: String,
     pre: SpindleFilterPre<HostState>,
     engine: wasmtime::Engine,
+    ticker: Arc<EpochTicker>,
     env: Arc<HostEnv>,
     metrics: Arc<FilterMetrics>,
     idle: Mutex<Vec<Slot>>,
@@ -148,6 +149,7 @@ impl FilterModule {
             config_json: config_json.to_string(),
             pre,
             engine: engine.engine.clone(),
+            ticker: engine.ticker.clone(),
             env: env.clone(),
             metrics: {
                 let m = env.metrics.filter(name);
@@ -202,15 +204,22 @@ impl FilterModule {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         let interval = self.spec.call_timeout_ms.max(1);
+        let ticker = self.ticker.clone();
         store.epoch_deadline_callback(move |mut cx| {
-            deadline_passed(&mut cx.data_mut().deadline, interval)
+            let next = deadline_passed(&mut cx.data_mut().deadline, interval);
+            if next.is_ok() {
+                ticker.cover(interval);
+            }
+            next
         });
-        store.set_epoch_deadline(self.spec.call_timeout_ms.max(1) * 10);
+        self.ticker.cover(interval * 10);
+        store.set_epoch_deadline(interval * 10);
         let bindings = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| InstantiateError::Failed(format!("{e:#}")))?;
-        store.set_epoch_deadline(self.spec.call_timeout_ms.max(1) * 10);
+        self.ticker.cover(interval * 10);
+        store.set_epoch_deadline(interval * 10);
         let declared = bindings
             .spindle_filter_filter()
             .call_init(&mut store, &self.config_json)
@@ -298,8 +307,9 @@ impl FilterModule {
         let data = slot.store.data_mut();
         data.req = req.take();
         data.deadline = DeadlineWatch::default();
-        slot.store
-            .set_epoch_deadline(self.spec.call_timeout_ms.max(1));
+        let ticks = self.spec.call_timeout_ms.max(1);
+        self.ticker.cover(ticks);
+        slot.store.set_epoch_deadline(ticks);
         let result = f(&mut slot);
         *req = slot.store.data_mut().req.take();
         if let Some(c) = self.metrics.call_counts.get(hook) {
@@ -367,6 +377,7 @@ impl FilterModule {
                     .collect();
                 // Rebuilding a balancer's structures (a hash ring over 1,000
                 // endpoints takes milliseconds) gets init's deadline, not a pick's.
+                self.ticker.cover(timeout_ms * 10);
                 s.store.set_epoch_deadline(timeout_ms * 10);
                 s.bindings.spindle_filter_filter().call_endpoints_changed(
                     &mut s.store,
