@@ -241,21 +241,21 @@ impl Run<'_> {
 
     /// The cluster the request phase chose: 404 when none was, 503 when it
     /// names no cluster.
-    fn chosen_cluster(&mut self) -> Result<(String, Arc<Cluster>), Box<Outcome>> {
-        let Some(cluster_name) = self.ctx().cluster.clone() else {
-            let path = self.ctx().head.uri.path().to_string();
-            return Err(Box::new(Outcome::Local(local(
-                StatusCode::NOT_FOUND,
-                &format!("no route for {path}\n"),
-            ))));
-        };
-        match self.cluster() {
-            Some(cluster) => Ok((cluster_name, cluster)),
-            None => Err(Box::new(Outcome::Local(local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("cluster `{cluster_name}` is not defined\n"),
-            )))),
+    fn chosen_cluster(&mut self) -> Result<Arc<Cluster>, Box<Outcome>> {
+        if let Some(cluster) = self.cluster() {
+            return Ok(cluster);
         }
+        let ctx = self.ctx();
+        Err(Box::new(Outcome::Local(match &ctx.cluster {
+            None => local(
+                StatusCode::NOT_FOUND,
+                &format!("no route for {}\n", ctx.head.uri.path()),
+            ),
+            Some(name) => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cluster `{name}` is not defined\n"),
+            ),
+        })))
     }
 
     /// Counts a new attempt, starts its span and picks its endpoint: 503
@@ -296,7 +296,7 @@ impl Run<'_> {
     }
 
     async fn upstream_phase(&mut self, body: RequestBody) -> Outcome {
-        let (cluster_name, cluster) = match self.chosen_cluster() {
+        let cluster = match self.chosen_cluster() {
             Ok(c) => c,
             Err(outcome) => return *outcome,
         };
@@ -353,19 +353,19 @@ impl Run<'_> {
             if resp.is_none() {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, attempt, ?kind, "attempt failed");
             }
-            let outcome = AttemptOutcome {
-                cluster: cluster_name.clone(),
+            let status = resp.as_ref().map(|r| r.status().as_u16());
+            let delay = self.attempt_phase(notable, || AttemptOutcome {
+                cluster: cluster.name.to_string(),
                 endpoint: endpoint.id,
                 attempt,
-                status: resp.as_ref().map(|r| r.status().as_u16()),
+                status,
                 error: attempt_error(kind),
                 latency_ns: latency.as_nanos() as u64,
                 retryable_body: replayable,
                 retry_after_ms: resp.as_ref().and_then(retry_after),
-            };
-            let delay = self.attempt_phase(&outcome, notable);
+            });
             if let Some(trace) = self.ctx().trace.as_mut() {
-                trace::end_attempt(trace, outcome.status, span_error(kind));
+                trace::end_attempt(trace, status, span_error(kind));
             }
             let delay = match delay {
                 Ok(d) => d,
@@ -383,7 +383,7 @@ impl Run<'_> {
                     }
                 }
                 (_, Some(resp)) => return Outcome::Upstream(resp),
-                (_, None) => return Outcome::Local(failure_response(kind, attempt, &cluster_name)),
+                (_, None) => return Outcome::Local(failure_response(kind, attempt, &cluster.name)),
             }
         }
     }
@@ -429,20 +429,22 @@ impl Run<'_> {
 
     /// Every filter with the attempt hook sees the outcome (those that declared
     /// `failures-and-recoveries` only when it is `notable`); the longest
-    /// requested delay wins when any asks for a retry.
+    /// requested delay wins when any asks for a retry. The outcome is built only when a
+    /// filter is to see it.
     fn attempt_phase(
         &mut self,
-        outcome: &AttemptOutcome,
         notable: bool,
+        outcome: impl FnOnce() -> AttemptOutcome,
     ) -> Result<Option<u32>, Box<Response<DownBody>>> {
         let mut delay: Option<u32> = None;
+        let outcome = std::cell::LazyCell::new(outcome);
         for f in self
             .chain
             .filters
             .iter()
             .filter(|f| f.has(Hooks::ATTEMPT) && (notable || !f.failures_and_recoveries))
         {
-            match f.on_attempt(self.ctx, outcome) {
+            match f.on_attempt(self.ctx, &outcome) {
                 Ok(AttemptAction::Done) => {}
                 Ok(AttemptAction::Retry(ms)) => delay = Some(delay.map_or(ms, |d| d.max(ms))),
                 Err(e) => {

@@ -66,7 +66,7 @@ pub async fn handle_without_io(
 impl Run<'_> {
     /// `upstream_phase` for one attempt whose endpoint answers `upstream`.
     fn first_attempt_without_io(&mut self, upstream: Response<()>) -> Outcome {
-        let (cluster_name, cluster) = match self.chosen_cluster() {
+        let cluster = match self.chosen_cluster() {
             Ok(c) => c,
             Err(outcome) => return *outcome,
         };
@@ -85,20 +85,20 @@ impl Run<'_> {
         let kind = AttemptResult::from_status(parts.status.as_u16());
         let notable = self.record_attempt(&endpoint, kind, latency);
         cluster.duration.observe_ns(latency.as_nanos() as u64);
-        let outcome = AttemptOutcome {
-            cluster: cluster_name,
+        let status = parts.status.as_u16();
+        let retry_after = parts.headers.get(header::RETRY_AFTER);
+        let delay = self.attempt_phase(notable, || AttemptOutcome {
+            cluster: cluster.name.to_string(),
             endpoint: endpoint.id,
             attempt,
-            status: Some(parts.status.as_u16()),
+            status: Some(status),
             error: attempt_error(kind),
             latency_ns: latency.as_nanos() as u64,
             retryable_body: true,
-            retry_after_ms: parts
-                .headers
-                .get(header::RETRY_AFTER)
+            retry_after_ms: retry_after
                 .and_then(|v| retry_after_ms(v.as_bytes(), SystemTime::now())),
-        };
-        if let Err(r) = self.attempt_phase(&outcome, notable) {
+        });
+        if let Err(r) = delay {
             return Outcome::Local(*r);
         }
         // What `response_phase` does to an upstream response's head.
