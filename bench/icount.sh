@@ -8,20 +8,27 @@
 # bench/load.sh) Spindle runs under callgrind twice, serving LOW and then HIGH requests
 # (keep-alive GETs one at a time over 2 connections, after 50 warm-up requests); the
 # difference of the two totals divided by HIGH - LOW is the per-request count, free of
-# start-up and shutdown.
+# start-up and shutdown. Then nginx and HAProxy (the configs of bench/load.sh, one worker
+# process or thread, nginx without its master process) are counted the same way, as the
+# figure to beat.
 #
 # Needs: target/release/{spindle,demo-upstream} and target/filters/*.wasm (`make build`),
-# valgrind and python3 (`make bench-deps`). About 4 minutes.
+# valgrind, python3, nginx and haproxy (`make bench-deps`). About 5 minutes.
 #
-# Environment: LOW [1000], HIGH [3000], CHAINS ["2 4"]
+# Environment: LOW [1000], HIGH [3000], CHAINS ["2 4"], COMPARE ["nginx haproxy"; empty: none]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=spindle_config.sh
 source "$HERE/spindle_config.sh"
+# shellcheck source=proxy_configs.sh
+source "$HERE/proxy_configs.sh"
 LOW="${LOW:-1000}"
 HIGH="${HIGH:-3000}"
 CHAINS="${CHAINS:-2 4}"
+COMPARE="${COMPARE-nginx haproxy}"
+# Debian puts nginx and haproxy in /usr/sbin, which a non-login shell may not have on its PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 die() {
   echo "icount: $*" >&2
@@ -30,6 +37,9 @@ die() {
 command -v valgrind >/dev/null || die "needs valgrind (make bench-deps)"
 [ -x "$SPINDLE_BIN" ] || die "no spindle binary at $SPINDLE_BIN: run 'make build' first"
 [ -x "$UPSTREAM_BIN" ] || die "no demo-upstream binary at $UPSTREAM_BIN: run 'make build' first"
+for p in $COMPARE; do
+  command -v "$p" >/dev/null || die "needs $p (make bench-deps), or COMPARE=\"\""
+done
 [ "$HIGH" -gt "$LOW" ] || die "HIGH ($HIGH) must be more than LOW ($LOW)"
 
 WORK="$(mktemp -d)"
@@ -61,9 +71,8 @@ UPSTREAM_PORT="$(free_port)"
 "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
 
-
 # Total instructions of one Spindle run serving N requests through CHAIN.
-run() {
+run() (
   local chain=$1 n=$2 port admin pid
   port="$(free_port)"
   admin="$(free_port)"
@@ -73,13 +82,55 @@ run() {
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
     "$SPINDLE_BIN" --log-level warn run --config "$WORK/spindle.toml" >"$WORK/spindle.log" 2>&1 &
   pid=$!
+  # The function runs in a subshell: stop the proxy when it fails.
+  trap "kill $pid 2>/dev/null || true" EXIT
   ready "$admin"
   python3 "$HERE/keepalive_get.py" "$port" 50 || die "warm-up failed"
   python3 "$HERE/keepalive_get.py" "$port" "$n" || die "requests failed"
   kill -TERM "$pid"
   wait "$pid" || die "spindle exited with an error: $(tail -5 "$WORK/spindle.log")"
   awk '/^(summary|totals):/ { print $2; exit }' "$WORK/cg.out"
+)
+
+wait_for_port() {
+  for _ in $(seq 1 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "$2 did not start listening under valgrind"
 }
+
+# Total instructions of one nginx or HAProxy run serving N requests.
+run_other() (
+  local proxy=$1 n=$2 port pid stop
+  port="$(free_port)"
+  case "$proxy" in
+    nginx)
+      nginx_config "$WORK/nginx" "$port"
+      # No master process: the one process counted is the one that serves.
+      valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+        nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log" \
+        -g 'daemon off; master_process off;' >"$WORK/nginx.log" 2>&1 &
+      stop=QUIT
+      ;;
+    haproxy)
+      haproxy_config "$WORK/haproxy.cfg" "$port"
+      valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+        haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+      stop=USR1
+      ;;
+    *) die "unknown proxy to compare: $proxy" ;;
+  esac
+  pid=$!
+  trap "kill $pid 2>/dev/null || true" EXIT
+  wait_for_port "$port" "$proxy"
+  python3 "$HERE/keepalive_get.py" "$port" 50 || die "$proxy: warm-up failed"
+  python3 "$HERE/keepalive_get.py" "$port" "$n" || die "$proxy: requests failed"
+  # Graceful stops, after which each writes its profile.
+  kill "-$stop" "$pid"
+  wait "$pid" || true
+  awk '/^(summary|totals):/ { print $2; exit }' "$WORK/cg.out"
+)
 
 echo "instructions per request (callgrind; $LOW and $HIGH requests, 1 worker thread)"
 # The first run compiles the filters into the cache: not counted.
@@ -89,4 +140,9 @@ for chain in $CHAINS; do
   high="$(run "$chain" "$HIGH")"
   per=$(((high - low) / (HIGH - LOW)))
   echo "chain of $chain filters: $per"
+done
+for proxy in $COMPARE; do
+  low="$(run_other "$proxy" "$LOW")"
+  high="$(run_other "$proxy" "$HIGH")"
+  echo "$proxy: $(((high - low) / (HIGH - LOW)))"
 done
