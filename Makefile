@@ -92,8 +92,8 @@ bench-deps:
 bench-load: build bench-deps
 	bash bench/load.sh
 
-# Instructions per proxied request for the 2- and 4-filter chains, under callgrind
-# (bench/icount.sh, about 4 minutes): repeatable where times on a shared machine are not.
+# Instructions per proxied request for the 2- and 4-filter chains, nginx and HAProxy, under
+# callgrind (bench/icount.sh, about 5 minutes): repeatable where times on a shared machine are not.
 bench-icount: build bench-deps
 	bash bench/icount.sh
 
