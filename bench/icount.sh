@@ -15,7 +15,9 @@
 # Needs: target/release/{spindle,demo-upstream} and target/filters/*.wasm (`make build`),
 # valgrind, python3, nginx and haproxy (`make bench-deps`). About 5 minutes.
 #
-# Environment: LOW [1000], HIGH [3000], CHAINS ["2 4"], COMPARE ["nginx haproxy"; empty: none]
+# Environment: LOW [1000], HIGH [3000], CHAINS ["2 4"], COMPARE ["nginx haproxy"; empty: none],
+# PROFILE [empty; a file: one more 4-filter run of HIGH requests whose callgrind profile, warm-up
+# and start-up left out, is written there for `callgrind_annotate`]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +29,7 @@ LOW="${LOW:-1000}"
 HIGH="${HIGH:-3000}"
 CHAINS="${CHAINS:-2 4}"
 COMPARE="${COMPARE-nginx haproxy}"
+PROFILE="${PROFILE:-}"
 # Debian puts nginx and haproxy in /usr/sbin, which a non-login shell may not have on its PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -146,3 +149,23 @@ for proxy in $COMPARE; do
   high="$(run_other "$proxy" "$HIGH")"
   echo "$proxy: $(((high - low) / (HIGH - LOW)))"
 done
+if [ -n "$PROFILE" ]; then
+  # Counting starts after start-up and the warm-up, switched on through callgrind_control.
+  (
+    port="$(free_port)"
+    admin="$(free_port)"
+    spindle_config "$WORK/spindle.toml" "$port" "$admin" "$FOUR" "$FILTERS/balancer.wasm"
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$PROFILE" \
+      "$SPINDLE_BIN" --log-level warn run --config "$WORK/spindle.toml" >"$WORK/spindle.log" 2>&1 &
+    pid=$!
+    trap "kill $pid 2>/dev/null || true" EXIT
+    ready "$admin"
+    python3 "$HERE/keepalive_get.py" "$port" 50 || die "warm-up failed"
+    callgrind_control -i on "$pid" >/dev/null 2>&1
+    python3 "$HERE/keepalive_get.py" "$port" "$HIGH" || die "requests failed"
+    callgrind_control -i off "$pid" >/dev/null 2>&1
+    kill -TERM "$pid"
+    wait "$pid" || die "spindle exited with an error: $(tail -5 "$WORK/spindle.log")"
+  )
+  echo "profile of $HIGH requests through the chain of 4 filters: $PROFILE (callgrind_annotate $PROFILE)"
+fi
