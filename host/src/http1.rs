@@ -303,6 +303,11 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role's bit in a set of roles.
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+
     /// The role of a header named `name` (any case).
     pub fn of(name: &[u8]) -> Role {
         // By length and first letter: most names are none of these and fail before any
@@ -367,10 +372,12 @@ fn token_is(name: &[u8], known: &[u8]) -> bool {
 pub struct RawHead {
     bytes: Bytes,
     headers: Vec<(Span, Role)>,
+    /// Which roles the headers have ([`Role::bit`]): looking for an absent one reads no header.
+    present: u16,
 }
 
 /// Where a head's headers are, before its bytes are split off the buffer.
-pub struct Located(Vec<(Span, Role)>);
+pub struct Located(Vec<(Span, Role)>, u16);
 
 impl RawHead {
     /// Where `headers` (parsed by `httparse` from `buf`) are and what they mean, and which of
@@ -378,10 +385,12 @@ impl RawHead {
     /// ([`RawHead::new`]).
     pub fn locate(buf: &[u8], headers: &[httparse::Header<'_>]) -> (Located, Seen) {
         let mut seen = Seen::default();
+        let mut present = 0;
         let located = headers
             .iter()
             .map(|h| {
                 let role = Role::of(h.name.as_bytes());
+                present |= role.bit();
                 match role {
                     Role::TransferEncoding => seen.transfer_encoding = true,
                     Role::ContentLength => seen.content_length = true,
@@ -392,7 +401,7 @@ impl RawHead {
                 (span(buf, h), role)
             })
             .collect();
-        (Located(located), seen)
+        (Located(located, present), seen)
     }
 
     /// The head of `bytes`: the start of the buffer its headers were [located](RawHead::locate)
@@ -401,6 +410,7 @@ impl RawHead {
         RawHead {
             bytes,
             headers: located.0,
+            present: located.1,
         }
     }
 
@@ -467,9 +477,15 @@ impl RawHead {
 
     /// The values of the headers with `role`.
     pub fn values(&self, role: Role) -> impl Iterator<Item = &[u8]> {
-        self.iter()
-            .filter(move |&(_, _, r)| r == role)
-            .map(|(_, value, _)| value)
+        let headers = if self.present & role.bit() != 0 {
+            &self.headers[..]
+        } else {
+            &[]
+        };
+        headers
+            .iter()
+            .filter(move |&&(_, r)| r == role)
+            .map(|&(span, _)| slice(&self.bytes, span.value))
     }
 
     /// The first value of the header `name` (any case).
@@ -746,6 +762,11 @@ mod tests {
             last_coding_is_chunked(head.values(Role::TransferEncoding)),
             Some(true)
         );
+        let codings: Vec<_> = head.values(Role::TransferEncoding).collect();
+        assert_eq!(codings, [&b"gzip"[..], b"chunked"]);
+        // Roles no header has give nothing.
+        assert_eq!(head.values(Role::ContentLength).count(), 0);
+        assert_eq!(head.first(Role::RequestId), None);
         // The map has every header, names lower-cased, repeated ones in order.
         let map = head.to_map();
         assert_eq!(map.len(), 9);
