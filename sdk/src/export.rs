@@ -113,20 +113,30 @@ impl<F: Filter> Guest for Adapter<F> {
     fn pick_endpoint(ctx: wt::PickContext) -> Option<u32> {
         // The host names the cluster before its first pick; unknown, the host's own choice
         // applies.
+        // The name is lent to the pick and put back after it, not copied: no allocation per
+        // pick. Nothing the pick can call reaches `CLUSTERS` (the host never re-enters an
+        // instance), so the entry is only empty while the filter runs.
         let cluster = CLUSTERS.with(|c| {
-            c.borrow()
-                .iter()
+            c.borrow_mut()
+                .iter_mut()
                 .find(|(id, _)| *id == ctx.cluster_id)
-                .map(|(_, name)| name.clone())
+                .map(|(_, name)| std::mem::take(name))
         })?;
         sys::set_traced(ctx.traced);
+        let id = ctx.cluster_id;
         let ctx = PickContext {
             cluster,
             attempt: ctx.attempt,
             previous: ctx.previous,
             ticket: ctx.ticket,
         };
-        with(None, |f: &mut F| runtime::pick_endpoint(f, &ctx))
+        let picked = with(None, |f: &mut F| runtime::pick_endpoint(f, &ctx));
+        CLUSTERS.with(|c| {
+            if let Some((_, name)) = c.borrow_mut().iter_mut().find(|(i, _)| *i == id) {
+                *name = ctx.cluster;
+            }
+        });
+        picked
     }
 
     fn on_attempt(outcome: wt::AttemptOutcome, traced: bool) -> wt::AttemptAction {

@@ -47,6 +47,8 @@
 //!   [`PickContext`], [`AttemptOutcome`], [`AttemptAction`], [`RequestSummary`], stats).
 //! - `request`, `response`: the [`Request`] and [`Response`] handles (lazy host calls, no copies).
 //! - [`log`], [`time`], [`random`], [`endpoints`], [`metrics`], [`store`]: the typed host API.
+//! - `alloc`: the allocator filters get on `wasm32` (feature `allocator`, on by default): small
+//!   blocks from size-class free lists, so the strings a hook allocates and frees cost little.
 //! - `config`: JSON config decoding with errors that name the offending key.
 //! - `runtime`: the one place that runs `init` and the hooks; used by the Wasm export glue and by
 //!   the test driver alike.
@@ -60,6 +62,9 @@
 // outside it.
 extern crate self as spindle_sdk;
 
+// Natively only its tests use it: the global allocator is installed on `wasm32`.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod alloc;
 mod config;
 mod filter;
 mod request;

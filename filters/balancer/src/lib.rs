@@ -50,7 +50,9 @@
 mod ewma;
 mod ring;
 
-use std::collections::HashMap;
+// foldhash, not std's SipHash: the tables are looked up by cluster name on every pick, and
+// neither names nor endpoint ids come from clients.
+use foldhash::HashMap;
 
 use serde::Deserialize;
 use spindle_sdk::{Endpoint, Filter, InitError, PickContext, endpoints, random, time};
@@ -381,7 +383,7 @@ impl Filter for Balancer {
                 decay_ns: f64::from(decay_ms) * 1e6,
                 default_rtt_ns: f64::from(default_rtt_ms) * 1e6,
             },
-            tables: HashMap::new(),
+            tables: HashMap::default(),
         })
     }
 

@@ -179,11 +179,18 @@ pub(super) async fn serve(
         stopped: false,
     };
     let mut first = true;
+    // Where the chain runs each request: its state (3.3 KB) is past what glibc's per-thread
+    // cache keeps, so it is allocated at the connection's first request and reused for the
+    // next ones, and given back once the connection idles for a tick.
+    let mut chain_slot = None;
     loop {
         let Some(r) = reader.as_mut() else {
             return Ended::Closed;
         };
-        let head = match waiting.next_head(r, limits, first).await {
+        let head = match waiting
+            .next_head(r, limits, first, &mut || chain_slot = None)
+            .await
+        {
             Next::Head(head) => head,
             Next::Closed => return Ended::Closed,
             Next::Http2 => {
@@ -233,8 +240,13 @@ pub(super) async fn serve(
             return Ended::Closed;
         }
         let req = Request::from_parts(parts, body);
-        // Boxed: the chain's state would otherwise weigh on every idle connection.
-        let resp = Box::pin(crate::chain::handle(proxy, site, req, raw, peer)).await;
+        // In a slot of its own, not inline: the chain's state would otherwise weigh on every
+        // idle connection.
+        let resp = placed(
+            &mut chain_slot,
+            crate::chain::handle(proxy, site, req, raw, peer),
+        )
+        .await;
         if let Some(mut back) = back {
             // A body not read to its end leaves the connection where no head can be found.
             match back.try_recv() {
@@ -250,6 +262,22 @@ pub(super) async fn serve(
             }
         }
     }
+}
+
+/// `fut`, pinned in `slot`: in the allocation the slot already has (the finished future it
+/// replaces holds nothing), else in a new one.
+fn placed<F: Future>(slot: &mut Option<Pin<Box<Option<F>>>>, fut: F) -> Pin<&mut F> {
+    let pinned = match slot {
+        Some(pinned) => {
+            pinned.set(Some(fut));
+            pinned
+        }
+        None => slot.insert(Box::pin(Some(fut))),
+    };
+    pinned
+        .as_mut()
+        .as_pin_mut()
+        .expect("the slot was just filled")
 }
 
 /// What a connection waits on between requests besides its socket.
@@ -268,8 +296,15 @@ enum Wake {
 impl<F: Future> Waiting<'_, F> {
     /// Reads until a request head is complete. An empty buffer waits at most the idle
     /// timeout, a started head the header timeout (checked at each tick, so up to a tick
-    /// later; no clock is read per request).
-    async fn next_head(&mut self, r: &mut Reader, limits: &Limits, first: bool) -> Next {
+    /// later; no clock is read per request). `idle` runs at each tick that finds no request
+    /// begun.
+    async fn next_head(
+        &mut self,
+        r: &mut Reader,
+        limits: &Limits,
+        first: bool,
+        idle: &mut (dyn FnMut() + Send),
+    ) -> Next {
         let mut since: Option<(Instant, bool)> = None;
         loop {
             if first && !r.buf.is_empty() {
@@ -308,6 +343,9 @@ impl<F: Future> Waiting<'_, F> {
                 Wake::Tick => {
                     let now = Instant::now();
                     let empty = r.buf.is_empty();
+                    if empty {
+                        idle();
+                    }
                     match since {
                         Some((at, was_empty)) if was_empty == empty => {
                             let limit = if empty {
