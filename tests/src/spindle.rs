@@ -537,9 +537,10 @@ while true; do sleep 0.05; done"#,
         let wd = Workdir::new(&[]);
         let bin = fake_spindle(
             &wd,
-            r#"echo "spindle: admin listening on 127.0.0.1:4100"
+            // The trap is set before "ready": a SIGTERM sent right after must find it.
+            r#"trap '' TERM
+echo "spindle: admin listening on 127.0.0.1:4100"
 echo "spindle: ready"
-trap '' TERM
 while true; do sleep 0.05; done"#,
         );
         let sp = Spindle::start_bin(&bin, wd, "").await;

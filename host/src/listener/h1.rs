@@ -242,10 +242,9 @@ pub(super) async fn serve(
         let req = Request::from_parts(parts, body);
         // In a slot of its own, not inline: the chain's state would otherwise weigh on every
         // idle connection.
-        let resp = placed(
-            &mut chain_slot,
-            crate::chain::handle(proxy, site, req, raw, peer),
-        )
+        let resp = placed(&mut chain_slot, || {
+            crate::chain::handle(proxy, site, req, raw, peer)
+        })
         .await;
         if let Some(mut back) = back {
             // A body not read to its end leaves the connection where no head can be found.
@@ -264,15 +263,24 @@ pub(super) async fn serve(
     }
 }
 
-/// `fut`, pinned in `slot`: in the allocation the slot already has (the finished future it
-/// replaces holds nothing), else in a new one.
-fn placed<F: Future>(slot: &mut Option<Pin<Box<Option<F>>>>, fut: F) -> Pin<&mut F> {
+/// The future `make` returns, pinned in `slot`: in the allocation the slot already has (the
+/// finished future it replaces holds nothing), else in a new one.
+///
+/// The finished future is dropped before `make` runs, so that the new one can be built in
+/// place: built first and then moved in, its 3.3 KB were copied on every request.
+fn placed<F: Future>(
+    slot: &mut Option<Pin<Box<Option<F>>>>,
+    make: impl FnOnce() -> F,
+) -> Pin<&mut F> {
     let pinned = match slot {
         Some(pinned) => {
-            pinned.set(Some(fut));
+            pinned.set(None);
+            // SAFETY: nothing is moved out of the pinned place: it holds `None` (just dropped
+            // in place), and the new future is written into it, to stay there until dropped.
+            unsafe { std::ptr::write(pinned.as_mut().get_unchecked_mut(), Some(make())) };
             pinned
         }
-        None => slot.insert(Box::pin(Some(fut))),
+        None => slot.insert(Box::pin(Some(make()))),
     };
     pinned
         .as_mut()

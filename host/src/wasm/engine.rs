@@ -210,8 +210,10 @@ fn config(pooling: bool) -> wasmtime::Config {
     cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
+        // A filter built by spindle-componentize runs four core instances (its module,
+        // wit-component's two import shims, the hooks' forwarder).
         pool.total_component_instances(1000)
-            .total_core_instances(2000)
+            .total_core_instances(4000)
             .total_memories(1000)
             .total_tables(2000)
             .max_core_instances_per_component(16)
