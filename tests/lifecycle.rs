@@ -117,7 +117,9 @@ async fn an_idle_proxy_does_not_wake_its_epoch_thread_every_millisecond() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = thread_switches(pid, "spindle-epoch").expect("the epoch thread exists");
         // Ticking every millisecond would be about 1,000; idle, it looks about once a second.
-        assert!(after - before <= 20, "{} wake-ups in 1 s", after - before);
+        // A loaded CI machine showed 28 (other tests' work on the same cores): 100 still tells
+        // an idle thread from a ticking one.
+        assert!(after - before <= 100, "{} wake-ups in 1 s", after - before);
 
         // It wakes for the next call: the request goes through the chain to the upstream.
         let resp = Client::new()
