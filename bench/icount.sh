@@ -17,7 +17,8 @@
 #
 # Environment: LOW [1000], HIGH [3000], CHAINS ["2 4"], COMPARE ["nginx haproxy"; empty: none],
 # PROFILE [empty; a file: one more 4-filter run of HIGH requests whose callgrind profile, warm-up
-# and start-up left out, is written there for `callgrind_annotate`]
+# and start-up left out, is written there for `callgrind_annotate`, the filters' compiled functions
+# named through wasmtime's perf map (SPINDLE_WASM_PERFMAP=1, bench/perfmap_names.py)]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -155,7 +156,7 @@ if [ -n "$PROFILE" ]; then
     port="$(free_port)"
     admin="$(free_port)"
     spindle_config "$WORK/spindle.toml" "$port" "$admin" "$FOUR" "$FILTERS/balancer.wasm"
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$PROFILE" \
+    SPINDLE_WASM_PERFMAP=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$PROFILE" \
       "$SPINDLE_BIN" --log-level warn run --config "$WORK/spindle.toml" >"$WORK/spindle.log" 2>&1 &
     pid=$!
     trap "kill $pid 2>/dev/null || true" EXIT
@@ -166,6 +167,11 @@ if [ -n "$PROFILE" ]; then
     callgrind_control -i off "$pid" >/dev/null 2>&1
     kill -TERM "$pid"
     wait "$pid" || die "spindle exited with an error: $(tail -5 "$WORK/spindle.log")"
+    # The filters' compiled code by name instead of `???` at an address.
+    if [ -f "/tmp/perf-$pid.map" ]; then
+      python3 "$HERE/perfmap_names.py" "$PROFILE" "/tmp/perf-$pid.map" >/dev/null
+      rm -f "/tmp/perf-$pid.map"
+    fi
   )
   echo "profile of $HIGH requests through the chain of 4 filters: $PROFILE (callgrind_annotate $PROFILE)"
 fi

@@ -21,6 +21,9 @@ async fn max_pending_answers_503_under_a_burst() {
         // The breaker declared its threshold: below it, the host does not call its on_request.
         let breaker = sp.filter_view("breaker").await;
         assert_eq!(breaker["request_min_in_flight"], 2, "{breaker}");
+        assert_eq!(breaker["request_path"], false, "{breaker}");
+        let router = sp.filter_view("router").await;
+        assert_eq!(router["request_path"], true, "{router}");
         assert_eq!(
             breaker["attempt_outcomes"], "failures_and_recoveries",
             "{breaker}"

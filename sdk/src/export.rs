@@ -65,6 +65,7 @@ impl<F: Filter> Guest for Adapter<F> {
             hooks: hooks_to_wit(runtime::hooks(&filter)),
             per_try_timeout_ms: filter.per_try_timeout().map(millis_u32),
             request_min_in_flight: runtime::request_min_in_flight(&filter),
+            request_path: runtime::request_path(&filter),
             attempt_outcomes: match runtime::attempt_outcomes(&filter) {
                 AttemptOutcomes::All => wt::AttemptOutcomes::All,
                 AttemptOutcomes::FailuresAndRecoveries => {
@@ -76,9 +77,20 @@ impl<F: Filter> Guest for Adapter<F> {
         Ok(declaration)
     }
 
-    fn on_request(traced: bool) -> wt::RequestAction {
+    fn on_request(path: Option<String>, traced: bool) -> wt::RequestAction {
         sys::set_traced(traced);
-        match with(Action::Continue, runtime::on_request::<F>) {
+        sys::begin_request(path);
+        let action = with(Action::Continue, runtime::on_request::<F>);
+        // The chosen cluster goes back with the answer: as `route` when the chain goes on,
+        // else (rare: a local reply or a delay after choosing) through the host call.
+        let route = sys::end_request();
+        if let Some(cluster) = route {
+            if matches!(action, Action::Continue) {
+                return wt::RequestAction::Route(cluster);
+            }
+            sys::set_cluster(&cluster);
+        }
+        match action {
             Action::Continue => wt::RequestAction::Continue,
             Action::Respond(reply) => wt::RequestAction::Respond(wt::LocalReply {
                 status: reply.status,

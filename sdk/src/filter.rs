@@ -57,6 +57,15 @@ pub trait Filter: Sized + 'static {
         None
     }
 
+    /// Asks the host to pass the request's path with every [`on_request`](Filter::on_request)
+    /// call: the first [`Request::path`] of the hook then costs no host call (about 1,000
+    /// instructions saved), while a hook that does not read the path pays for the copy (about
+    /// 400). Say `true` when `on_request` reads the path on most requests, as a router does.
+    /// `false` by default. Declared once, at init.
+    fn wants_path(&self) -> bool {
+        false
+    }
+
     /// Which outcomes [`on_attempt`](Filter::on_attempt) is called with:
     /// [`AttemptOutcomes::All`](crate::AttemptOutcomes::All) (the default), or only failures and
     /// recoveries

@@ -7,7 +7,8 @@ use crate::types::millis_u32;
 
 /// The request a hook runs for.
 ///
-/// A handle, not a copy: every accessor is one host call, so a filter pays only for the headers
+/// A handle, not a copy: every accessor is one host call (but see [`path`](Request::path) and
+/// [`set_cluster`](Request::set_cluster)), so a filter pays only for the headers
 /// it reads. Outside a request-bound hook getters return nothing and setters are ignored.
 #[derive(Debug)]
 pub struct Request {
@@ -24,7 +25,9 @@ impl Request {
         sys::method()
     }
 
-    /// The path with its query (`/api/users?limit=5`).
+    /// The path with its query (`/api/users?limit=5`). In `on_request` of a filter whose
+    /// [`wants_path`](crate::Filter::wants_path) is `true`, the first call returns the path the
+    /// host passed with the hook, without a host call.
     pub fn path(&self) -> String {
         sys::path()
     }
@@ -81,7 +84,8 @@ impl Request {
         sys::cluster()
     }
 
-    /// Chooses the cluster (the router does this). An unknown name becomes a 503 later.
+    /// Chooses the cluster (the router does this). An unknown name becomes a 503 later. In
+    /// `on_request` the choice goes back to the host with the hook's answer (no host call).
     pub fn set_cluster(&mut self, name: &str) {
         sys::set_cluster(name);
     }

@@ -31,6 +31,12 @@ pub(crate) fn request_min_in_flight<F: Filter>(filter: &F) -> Option<u32> {
         .filter(|_| hooks(filter).contains(Hooks::REQUEST))
 }
 
+/// Whether the host passes the path to `on_request`: only meaningful when the filter has that
+/// hook.
+pub(crate) fn request_path<F: Filter>(filter: &F) -> bool {
+    filter.wants_path() && hooks(filter).contains(Hooks::REQUEST)
+}
+
 /// The outcomes the filter's `on_attempt` sees: only meaningful when it has that hook.
 pub(crate) fn attempt_outcomes<F: Filter>(filter: &F) -> crate::AttemptOutcomes {
     if hooks(filter).contains(Hooks::ATTEMPT) {

@@ -201,6 +201,11 @@ impl Filter for Router {
         Ok(Router { routes })
     }
 
+    // Every request's route depends on its path: the host passes it with the call.
+    fn wants_path(&self) -> bool {
+        true
+    }
+
     fn on_request(&mut self, req: &mut Request) -> Action {
         let full = req.path();
         let path = full.split_once('?').map_or(full.as_str(), |(p, _)| p);

@@ -30,6 +30,13 @@ fn declares_only_on_request() {
 }
 
 #[test]
+fn asks_for_the_path_with_every_call() {
+    let host = MockHost::new();
+    let r = load(&host, json!({"routes": [{"cluster": "web"}]}));
+    assert!(r.wants_path());
+}
+
+#[test]
 fn first_matching_prefix_wins() {
     let host = MockHost::new();
     let mut r = load(

@@ -27,7 +27,7 @@ pub struct RequestCtx {
     pub client: SocketAddr,
     pub cluster: Option<String>,
     pub per_try_timeout: Option<Duration>,
-    pub request_id: String,
+    pub request_id: RequestId,
     /// Per-filter request variables: (filter, name, value).
     pub vars: Vec<(Arc<str>, String, String)>,
     pub response: Option<ResponseHead>,
@@ -35,12 +35,60 @@ pub struct RequestCtx {
     pub trace: Option<Box<RequestTrace>>,
 }
 
+/// A request's id: the client's `x-request-id` when usable (1 to [`RequestId::MAX`] bytes of
+/// visible ASCII, spaces and tabs), else a random one. Kept inline: no allocation per request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; RequestId::MAX],
+}
+
+impl RequestId {
+    /// The longest id taken from a client.
+    pub const MAX: usize = 128;
+
+    /// `id` as a request id, when it is one.
+    pub fn given(id: &[u8]) -> Option<RequestId> {
+        if id.is_empty()
+            || id.len() > Self::MAX
+            || !id.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            return None;
+        }
+        let mut bytes = [0; Self::MAX];
+        bytes[..id.len()].copy_from_slice(id);
+        Some(RequestId {
+            len: id.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Checked ASCII when made: the conversion cannot fail.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// Request variables are bounded: a filter cannot grow a request without limit.
 pub const MAX_VARS: usize = 64;
 pub const MAX_VAR_BYTES: usize = 4096;
 
 impl RequestCtx {
-    pub fn new(head: http::request::Parts, client: SocketAddr, request_id: String) -> Self {
+    pub fn new(head: http::request::Parts, client: SocketAddr, request_id: RequestId) -> Self {
         Self {
             head,
             raw: None,
@@ -52,6 +100,11 @@ impl RequestCtx {
             response: None,
             trace: None,
         }
+    }
+
+    /// The path with its query, as sent upstream (`/` when the target has none).
+    pub fn path(&self) -> &str {
+        self.head.uri.path_and_query().map_or("/", |p| p.as_str())
     }
 
     /// The authority: the URI's, else the `host` header.

@@ -20,7 +20,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
-pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, ResponseHead};
+pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, RequestId, ResponseHead};
 use self::local::local;
 pub use self::without_io::handle_without_io;
 use crate::config::FailMode;
@@ -184,6 +184,7 @@ impl Run<'_> {
             }
             match f.on_request(self.ctx) {
                 Ok(RequestAction::Continue) => {}
+                Ok(RequestAction::Route(cluster)) => self.ctx().cluster = Some(cluster),
                 Ok(RequestAction::Respond(reply)) => return Some(local::from_reply(reply)),
                 Ok(RequestAction::Delay(ms)) => {
                     // The hook has returned its instance to the pool: the wait holds only this
@@ -911,19 +912,14 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
 
 /// The request's id: its own `x-request-id` (`given`) when usable (1 to 128 bytes of visible
 /// ASCII, spaces and tabs), else a new one.
-fn request_id(given: Option<&[u8]>) -> String {
+fn request_id(given: Option<&[u8]>) -> RequestId {
     given
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-        })
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map_or_else(new_request_id, str::to_string)
+        .and_then(RequestId::given)
+        .unwrap_or_else(new_request_id)
 }
 
 /// 128 random bits as 32 lowercase hex digits.
-fn new_request_id() -> String {
+fn new_request_id() -> RequestId {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>().to_be_bytes();
     let mut out = [0u8; 32];
@@ -931,8 +927,7 @@ fn new_request_id() -> String {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 0xf)];
     }
-    // Hex digits only: always UTF-8.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
+    RequestId::given(&out).expect("32 hex digits are a valid request id")
 }
 
 #[cfg(test)]
@@ -970,6 +965,24 @@ mod tests {
             push_ip(&mut text, ip);
             assert_eq!(text, ip.to_string().as_bytes());
         }
+    }
+
+    #[test]
+    fn a_given_request_id_is_kept_when_usable() {
+        assert_eq!(&*request_id(Some(b"given-id")), "given-id");
+        let longest = [b'a'; RequestId::MAX];
+        assert_eq!(request_id(Some(&longest)).as_bytes(), &longest[..]);
+        for bad in [
+            &b""[..],
+            &[b'a'; RequestId::MAX + 1][..],
+            b"a\nb",
+            "é".as_bytes(),
+        ] {
+            let id = request_id(Some(bad));
+            assert_eq!(id.len(), 32, "{bad:?} is replaced by a new id");
+            assert_ne!(id.as_bytes(), bad);
+        }
+        assert_eq!(request_id(None).len(), 32);
     }
 
     #[test]

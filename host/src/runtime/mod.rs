@@ -399,6 +399,7 @@ fn version_json(f: &FilterModule) -> serde_json::Value {
         "per_try_timeout_ms": f.per_try_timeout.map(|d| d.as_millis() as u64),
         "request_min_in_flight": f.request_min_in_flight,
         "attempt_outcomes": if f.failures_and_recoveries { "failures_and_recoveries" } else { "all" },
+        "request_path": f.request_path,
         "fail": f.spec.fail,
         "instances": f.instances.load(Ordering::Relaxed),
         "idle_instances": f.idle_instances(),

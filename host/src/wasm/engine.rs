@@ -202,12 +202,20 @@ fn store_cached(path: &Path, bytes: &[u8]) {
     }
 }
 
+/// Set (to anything but `0`), the engine writes a perf map of the compiled filters.
+pub const PERFMAP_ENV: &str = "SPINDLE_WASM_PERFMAP";
+
 fn config(pooling: bool) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.epoch_interruption(true);
     // Measured: a sync call costs ~170 ns without, ~520 ns with (DESIGN.md).
     cfg.concurrency_support(false);
     cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // For profiling the filters' own code: `/tmp/perf-<pid>.map` names each compiled function,
+    // where perf (and `bench/icount.sh`'s callgrind profiles) would show bare addresses.
+    if std::env::var_os(PERFMAP_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
         // A filter built by spindle-componentize runs four core instances (its module,

@@ -35,7 +35,7 @@ pub enum LoadError {
         path: PathBuf,
         source: super::engine::CompileError,
     },
-    #[error("{path}: cannot link (a filter may import only spindle:filter/host@0.1.0): {message}")]
+    #[error("{path}: cannot link (a filter may import only spindle:filter/host@0.2.0): {message}")]
     Link { path: PathBuf, message: String },
     #[error("{path}: cannot instantiate: {message}")]
     Instantiate { path: PathBuf, message: String },
@@ -77,6 +77,9 @@ struct Slot {
     bindings: SpindleFilter,
     /// The generation of each cluster's healthy set this instance has seen.
     views: Vec<(Arc<str>, u64)>,
+    /// The path passed to `on-request` (for a filter that declared `request-path`), copied
+    /// out of the request bound in the store: its capacity is reused call after call.
+    path: String,
 }
 
 /// One version of one filter.
@@ -94,6 +97,8 @@ pub struct FilterModule {
     pub request_min_in_flight: Option<u32>,
     /// It declared that `on-attempt` need only see failures and recoveries.
     pub failures_and_recoveries: bool,
+    /// It declared `request-path`: `on-request` gets the path as a parameter.
+    pub request_path: bool,
     config_json: String,
     pre: SpindleFilterPre<HostState>,
     engine: wasmtime::Engine,
@@ -146,6 +151,7 @@ impl FilterModule {
             per_try_timeout: None,
             request_min_in_flight: None,
             failures_and_recoveries: false,
+            request_path: false,
             config_json: config_json.to_string(),
             pre,
             engine: engine.engine.clone(),
@@ -175,6 +181,7 @@ impl FilterModule {
             .filter(|_| declared.hooks.contains(Hooks::REQUEST));
         module.failures_and_recoveries = declared.hooks.contains(Hooks::ATTEMPT)
             && declared.attempt_outcomes == AttemptOutcomes::FailuresAndRecoveries;
+        module.request_path = declared.request_path && declared.hooks.contains(Hooks::REQUEST);
         lock(&module.idle).push(slot);
         Ok(Arc::new(module))
     }
@@ -231,6 +238,7 @@ impl FilterModule {
                 store,
                 bindings,
                 views: Vec::new(),
+                path: String::new(),
             },
             declared,
         ))
@@ -343,10 +351,19 @@ impl FilterModule {
         req: &mut Option<Box<RequestCtx>>,
     ) -> Result<RequestAction, FilterError> {
         let traced = traced(req);
+        let pass_path = self.request_path;
         self.call(HOOK_REQUEST, req, |s| {
+            let path = match (pass_path, s.store.data().req.as_deref()) {
+                (true, Some(r)) => {
+                    s.path.clear();
+                    s.path.push_str(r.path());
+                    Some(s.path.as_str())
+                }
+                _ => None,
+            };
             s.bindings
                 .spindle_filter_filter()
-                .call_on_request(&mut s.store, traced)
+                .call_on_request(&mut s.store, path, traced)
         })
     }
 

@@ -158,13 +158,7 @@ impl Host for HostState {
     fn path(&mut self) -> String {
         self.req
             .as_ref()
-            .map(|r| {
-                r.head
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string()
-            })
+            .map(|r| r.path().to_string())
             .unwrap_or_default()
     }
 
@@ -243,7 +237,7 @@ impl Host for HostState {
     fn request_id(&mut self) -> String {
         self.req
             .as_ref()
-            .map(|r| r.request_id.clone())
+            .map(|r| r.request_id.to_string())
             .unwrap_or_default()
     }
 
@@ -455,7 +449,11 @@ mod tests {
             filter: Arc::from("f"),
             env,
             filter_metrics: metrics.filter("f"),
-            req: Some(Box::new(RequestCtx::new(head, client, "id".into()))),
+            req: Some(Box::new(RequestCtx::new(
+                head,
+                client,
+                crate::chain::RequestId::given(b"id").expect("a valid id"),
+            ))),
             memory_limit: 1 << 20,
             memory_exceeded: false,
             deadline: DeadlineWatch::default(),

@@ -13,6 +13,7 @@ const HOOKS: &[(&str, Option<&str>)] = &[
     ("per_try_timeout", None),
     ("request_min_in_flight", None),
     ("attempt_outcomes", None),
+    ("wants_path", None),
     ("on_request", Some("REQUEST")),
     ("endpoints_changed", Some("PICK")),
     ("pick_endpoint", Some("PICK")),

@@ -23,9 +23,14 @@ pub(crate) fn method() -> String {
     host::method()
 }
 pub(crate) fn path() -> String {
-    host::path()
+    // The path `on-request` was called with is handed out once, without a copy; a second
+    // read in the same hook asks the host.
+    PASSED_PATH
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(host::path)
 }
 pub(crate) fn set_path(path: &str) {
+    PASSED_PATH.with(|p| *p.borrow_mut() = None);
     host::set_path(path);
 }
 pub(crate) fn authority() -> Option<String> {
@@ -50,10 +55,45 @@ pub(crate) fn remove_request_header(name: &str) {
     host::remove_request_header(name);
 }
 pub(crate) fn cluster() -> Option<String> {
-    host::cluster()
+    match ROUTE.with(|r| r.borrow().clone()) {
+        Some(Some(name)) => Some(name),
+        _ => host::cluster(),
+    }
 }
 pub(crate) fn set_cluster(name: &str) {
-    host::set_cluster(name);
+    let kept = ROUTE.with(|r| match &mut *r.borrow_mut() {
+        Some(route) => {
+            *route = Some(name.to_owned());
+            true
+        }
+        None => false,
+    });
+    if !kept {
+        host::set_cluster(name);
+    }
+}
+
+thread_local! {
+    // During `on-request`: the path the host passed (for a filter that declared
+    // `request-path`), until the filter first reads it.
+    static PASSED_PATH: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+    // During `on-request`: `Some`, holding the cluster the filter chose (if it did), which the
+    // hook returns as `route` instead of a `set-cluster` host call. `None` outside it.
+    static ROUTE: std::cell::RefCell<Option<Option<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Entering `on-request`, with the path the host passed.
+pub(crate) fn begin_request(path: Option<String>) {
+    PASSED_PATH.with(|p| *p.borrow_mut() = path);
+    ROUTE.with(|r| *r.borrow_mut() = Some(None));
+}
+
+/// Leaving `on-request`: the cluster the filter chose during it, if it did.
+pub(crate) fn end_request() -> Option<String> {
+    PASSED_PATH.with(|p| *p.borrow_mut() = None);
+    ROUTE.with(|r| r.borrow_mut().take()).flatten()
 }
 pub(crate) fn set_per_try_timeout(ms: u32) {
     host::set_per_try_timeout(ms);

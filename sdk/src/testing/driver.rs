@@ -76,6 +76,12 @@ impl<F: Filter> TestFilter<F> {
         runtime::request_min_in_flight(&self.filter)
     }
 
+    /// Whether this instance asked at init for the path with every `on_request` call
+    /// ([`Filter::wants_path`]), when it has that hook.
+    pub fn wants_path(&self) -> bool {
+        runtime::request_path(&self.filter)
+    }
+
     /// Runs `on_request` on the current request, as the host would: not at all when the filter
     /// has no such hook, or when it declared [`Filter::request_min_in_flight`] and the request's
     /// cluster (none chosen, unknown, or below the threshold) does not reach it.

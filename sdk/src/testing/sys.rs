@@ -424,6 +424,14 @@ pub(crate) fn store_delete(key: &str) {
 /// The mock traces every request: nothing to remember.
 pub(crate) fn set_traced(_traced: bool) {}
 
+// The export glue's `on-request` bookkeeping (the passed path, the cluster returned as
+// `route`) is Wasm-only: under the mock host `path` and `set_cluster` act on the request
+// directly, which is what the host makes of both.
+pub(crate) fn begin_request(_path: Option<String>) {}
+pub(crate) fn end_request() -> Option<String> {
+    None
+}
+
 /// The mock traces every request: span calls record while one is bound.
 pub(crate) fn span_set_attribute(key: &str, value: &str) -> bool {
     with(|s| {
