@@ -67,6 +67,9 @@ extern crate self as spindle_sdk;
 mod alloc;
 mod config;
 mod filter;
+// Natively only its tests call it: the functions are exported on `wasm32`.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod mem;
 mod request;
 mod response;
 mod runtime;

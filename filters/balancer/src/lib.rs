@@ -132,7 +132,12 @@ pub struct Balancer {
     hash_header: Option<String>,
     points_per_weight: u32,
     ewma: ewma::Params,
-    tables: HashMap<String, Table>,
+    /// Each cluster's table, in the order first seen; found by name through `index`.
+    tables: Vec<(String, Table)>,
+    index: HashMap<String, usize>,
+    /// The table of the last pick: picks mostly follow each other for one cluster, and a name
+    /// compare costs a fraction of hashing it.
+    last: usize,
 }
 
 impl Table {
@@ -383,18 +388,35 @@ impl Filter for Balancer {
                 decay_ns: f64::from(decay_ms) * 1e6,
                 default_rtt_ns: f64::from(default_rtt_ms) * 1e6,
             },
-            tables: HashMap::default(),
+            tables: Vec::new(),
+            index: HashMap::default(),
+            last: 0,
         })
     }
 
     fn endpoints_changed(&mut self, cluster: &str, endpoints: &[Endpoint]) {
-        let previous = self.tables.remove(cluster);
-        let table = Table::new(self, endpoints, previous);
-        self.tables.insert(cluster.to_owned(), table);
+        match self.index.get(cluster) {
+            Some(&i) => {
+                let previous = std::mem::take(&mut self.tables[i].1);
+                self.tables[i].1 = Table::new(self, endpoints, Some(previous));
+            }
+            None => {
+                let table = Table::new(self, endpoints, None);
+                self.index.insert(cluster.to_owned(), self.tables.len());
+                self.tables.push((cluster.to_owned(), table));
+            }
+        }
     }
 
     fn pick_endpoint(&mut self, ctx: &PickContext) -> Option<u32> {
-        let table = self.tables.get_mut(&ctx.cluster)?;
+        if self
+            .tables
+            .get(self.last)
+            .is_none_or(|(name, _)| *name != ctx.cluster)
+        {
+            self.last = *self.index.get(&ctx.cluster)?;
+        }
+        let table = &mut self.tables.get_mut(self.last)?.1;
         if table.endpoints.is_empty() {
             return None;
         }

@@ -173,6 +173,31 @@ fn empty_or_unknown_clusters_give_no_pick() {
 }
 
 #[test]
+fn picks_alternating_between_clusters_use_each_ones_endpoints() {
+    let host = MockHost::new();
+    let a = host.add_endpoint("api", "10.0.0.1:80", 1);
+    let w = host.add_endpoint("web", "10.0.0.2:80", 1);
+    for policy in POLICIES {
+        let mut lb = load(&host, policy);
+        for _ in 0..3 {
+            assert_eq!(lb.pick("api"), Some(a), "{policy}");
+            assert_eq!(lb.pick("web"), Some(w), "{policy}");
+            assert_eq!(lb.pick("nowhere"), None, "{policy}");
+            assert_eq!(lb.pick("web"), Some(w), "{policy}");
+        }
+    }
+    // A change of one cluster's members leaves the other's table alone.
+    let mut lb = load(&host, "round_robin");
+    assert_eq!(lb.pick("web"), Some(w));
+    assert_eq!(lb.pick("api"), Some(a));
+    let b = host.add_endpoint("api", "10.0.0.3:80", 1);
+    endpoints::eject_endpoint(a, Duration::from_secs(5));
+    assert_eq!(lb.pick("web"), Some(w));
+    assert_eq!(lb.pick("api"), Some(b));
+    assert_eq!(lb.pick("web"), Some(w));
+}
+
+#[test]
 fn random_follows_weights() {
     let host = MockHost::new();
     let a = host.add_endpoint("api", "10.0.0.1:80", 3);
