@@ -105,7 +105,12 @@ pub struct FilterModule {
     ticker: Arc<EpochTicker>,
     env: Arc<HostEnv>,
     metrics: Arc<FilterMetrics>,
-    idle: Mutex<Vec<Slot>>,
+    /// Boxed: a check-out and check-in moves a pointer, not the instance's few hundred bytes.
+    #[expect(
+        clippy::vec_box,
+        reason = "a slot moves out of the pool and back for every hook call"
+    )]
+    idle: Mutex<Vec<Box<Slot>>>,
     pub calls: AtomicU64,
     pub errors: AtomicU64,
     pub instances: AtomicUsize,
@@ -198,7 +203,7 @@ impl FilterModule {
         lock(&self.idle).len()
     }
 
-    fn instantiate(&self) -> Result<(Slot, Declaration), InstantiateError> {
+    fn instantiate(&self) -> Result<(Box<Slot>, Declaration), InstantiateError> {
         let state = HostState {
             filter: self.name.clone(),
             env: self.env.clone(),
@@ -234,17 +239,17 @@ impl FilterModule {
             .map_err(InstantiateError::Config)?;
         self.instances.fetch_add(1, Ordering::Relaxed);
         Ok((
-            Slot {
+            Box::new(Slot {
                 store,
                 bindings,
                 views: Vec::new(),
                 path: String::new(),
-            },
+            }),
             declared,
         ))
     }
 
-    fn checkout(&self) -> Result<Slot, FilterError> {
+    fn checkout(&self) -> Result<Box<Slot>, FilterError> {
         if let Some(slot) = lock(&self.idle).pop() {
             return Ok(slot);
         }
@@ -259,7 +264,7 @@ impl FilterModule {
         }
     }
 
-    fn checkin(&self, slot: Slot) {
+    fn checkin(&self, slot: Box<Slot>) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.spec.max_idle_instances {
             idle.push(slot);
