@@ -216,7 +216,16 @@ async fn garbage_and_truncated_modules_are_refused() {
             .take(4096)
             .collect();
         let truncated = good[..good.len() / 2].to_vec();
-        for (what, bytes) in [("garbage", garbage), ("truncated", truncated)] {
+        // The same filter as if built for another version of the ABI: every interface name
+        // says 0.1.0 (same length, so the binary stays well-formed).
+        let other_abi = replace_all(&good, b"spindle:filter/host@0.2.0", b"spindle:filter/host@0.1.0");
+        let other_abi = replace_all(&other_abi, b"spindle:filter/filter@0.2.0", b"spindle:filter/filter@0.1.0");
+        assert_ne!(other_abi, good, "the module names the ABI's version");
+        for (what, bytes) in [
+            ("garbage", garbage),
+            ("truncated", truncated),
+            ("other ABI version", other_abi),
+        ] {
             let before = reload_errors(&sp).await;
             sp.write_file("tb.wasm", &bytes);
             assert!(
@@ -228,6 +237,20 @@ async fn garbage_and_truncated_modules_are_refused() {
                     tag_of(&client, &url).await.as_deref(),
                     Some("v1"),
                     "the old version keeps serving after a {what} module"
+                );
+            }
+            if what == "other ABI version" {
+                // The refusal names what the module lacks.
+                let view = sp.filter_view("tb").await;
+                let last = view["reloads"]
+                    .as_array()
+                    .and_then(|r| r.last())
+                    .cloned()
+                    .unwrap_or_default();
+                let detail = last["detail"].as_str().unwrap_or_default();
+                assert!(
+                    detail.contains("cannot link") && detail.contains("@0.1.0"),
+                    "{last}"
                 );
             }
         }
@@ -268,4 +291,20 @@ async fn a_config_the_filter_rejects_is_refused() {
         }
     })
     .await
+}
+
+/// `bytes` with every `from` replaced by `to` (of the same length).
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
