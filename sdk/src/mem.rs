@@ -24,13 +24,12 @@ unsafe fn words(a: *const u8, b: *const u8, offset: usize) -> (u64, u64) {
     }
 }
 
-/// Compares `n` bytes: negative, zero or positive as the first differing byte of `a` is below,
-/// equal to or above that of `b` (as unsigned bytes).
+/// The first differing bytes of `a` and `b` within `n` bytes, if any.
 ///
 /// # Safety
 /// `a` and `b` must be readable for `n` bytes.
-#[cfg_attr(all(target_arch = "wasm32", feature = "mem"), unsafe(no_mangle))]
-pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+#[inline(always)]
+unsafe fn first_difference(a: *const u8, b: *const u8, n: usize) -> Option<(u8, u8)> {
     let mut i = 0;
     while i + 8 <= n {
         // SAFETY: `i + 8 <= n`.
@@ -38,7 +37,7 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         if x != y {
             // Little-endian: the lowest differing byte is the first in memory.
             let shift = (x ^ y).trailing_zeros() & !7;
-            return i32::from((x >> shift) as u8) - i32::from((y >> shift) as u8);
+            return Some(((x >> shift) as u8, (y >> shift) as u8));
         }
         i += 8;
     }
@@ -46,11 +45,25 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         // SAFETY: `i < n`.
         let (x, y) = unsafe { (*a.add(i), *b.add(i)) };
         if x != y {
-            return i32::from(x) - i32::from(y);
+            return Some((x, y));
         }
         i += 1;
     }
-    0
+    None
+}
+
+/// Compares `n` bytes: negative, zero or positive as the first differing byte of `a` is below,
+/// equal to or above that of `b` (as unsigned bytes).
+///
+/// # Safety
+/// `a` and `b` must be readable for `n` bytes.
+#[cfg_attr(all(target_arch = "wasm32", feature = "mem"), unsafe(no_mangle))]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: the caller's bounds.
+    match unsafe { first_difference(a, b, n) } {
+        Some((x, y)) => i32::from(x) - i32::from(y),
+        None => 0,
+    }
 }
 
 /// Whether `n` bytes differ: zero when equal, non-zero otherwise.
@@ -59,23 +72,8 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// `a` and `b` must be readable for `n` bytes.
 #[cfg_attr(all(target_arch = "wasm32", feature = "mem"), unsafe(no_mangle))]
 pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: `i + 8 <= n`.
-        let (x, y) = unsafe { words(a, b, i) };
-        if x != y {
-            return 1;
-        }
-        i += 8;
-    }
-    while i < n {
-        // SAFETY: `i < n`.
-        if unsafe { *a.add(i) != *b.add(i) } {
-            return 1;
-        }
-        i += 1;
-    }
-    0
+    // SAFETY: the caller's bounds.
+    i32::from(unsafe { first_difference(a, b, n) }.is_some())
 }
 
 #[cfg(test)]
