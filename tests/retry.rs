@@ -217,3 +217,58 @@ async fn per_try_timeouts_are_retried_or_give_504() {
     })
     .await
 }
+
+/// A connection lends its per-try timer to one request after the other (moving its deadline
+/// each time): a later request on it still times out, no sooner than its own deadline, and the
+/// timer works again after it fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeouts_hold_for_every_request_of_a_connection() {
+    bounded(Duration::from_secs(120), async {
+        let up = Upstream::start("up").await;
+        let sp = Spindle::start(
+            &(head(&["router", "balancer", "retry"])
+                + &router_all_to("api")
+                + &round_robin()
+                + &filter("retry", "retry", "attempts = 1\nper_try_timeout_ms = 400")
+                + &cluster("api", &["up"])),
+            &[&up],
+        )
+        .await;
+        let client = Client::new();
+        let base = sp.url("edge");
+        let get = |i: u32| {
+            let url = format!("{base}/k/{i}");
+            let client = client.clone();
+            async move { client.get(&url, &[]).await }
+        };
+        for i in 0..3 {
+            assert_eq!(get(i).await.unwrap().status, 200);
+        }
+        // The timer's registered deadline is the last request's; this one's comes later.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        up.hold();
+        let started = Instant::now();
+        let resp = get(3).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(resp.status, 504, "{resp:?}");
+        assert!(
+            (Duration::from_millis(400)..Duration::from_secs(5)).contains(&took),
+            "one try of 400 ms: {took:?}"
+        );
+        // After it fired, the timer is set again for the next request.
+        up.ok();
+        assert_eq!(get(4).await.unwrap().status, 200);
+        up.hold();
+        let started = Instant::now();
+        assert_eq!(get(5).await.unwrap().status, 504);
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        up.ok();
+        assert_eq!(
+            sp.metric("spindle_downstream_connections", &[("listener", "edge")])
+                .await,
+            Some(1.0),
+            "every request came on one connection"
+        );
+    })
+    .await
+}

@@ -44,21 +44,35 @@ pub struct Site {
     pub access_log: Option<Arc<AccessLog>>,
 }
 
+/// The timer of an attempt's per-try deadline, lent by a connection to its requests one after
+/// the other (`handle`'s `timer`). Each attempt moves its deadline: a later one (the usual
+/// case, a connection's requests being sequential) is a compare-and-swap on the registered
+/// timer, which tokio moves in its wheel only when the old deadline comes; a timer made per
+/// attempt is put into the wheel and taken out again every time.
+pub type AttemptTimer = Pin<Box<tokio::time::Sleep>>;
+
 /// Answers one downstream request. Never fails: every error becomes a
 /// local response.
+///
+/// `timer` is the connection's [`AttemptTimer`], given back with the response; without one
+/// (`None`: HTTP/2 streams, which run side by side) each attempt makes its own.
 pub async fn handle(
     proxy: &Arc<Proxy>,
     site: &Site,
     req: Request<RequestBody>,
     raw: Option<RawHead>,
     client: SocketAddr,
-) -> Response<DownBody> {
+    timer: Option<AttemptTimer>,
+) -> (Response<DownBody>, Option<AttemptTimer>) {
     let start = Instant::now();
     // One snapshot for the whole request: a hot swap during it does not
     // change the filters it runs through.
     let runtime = proxy.runtime.load_full();
     let Some(chain) = runtime.chains.get(&site.name).cloned() else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n");
+        return (
+            local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n"),
+            timer,
+        );
     };
     let (parts, body) = req.into_parts();
     let request_id = request_id(match &raw {
@@ -93,6 +107,7 @@ pub async fn handle(
         attempts: 0,
         endpoint: None,
         cluster: None,
+        timer,
     };
     let (status, resp) = run.respond(body).await;
     let duration = start.elapsed();
@@ -102,6 +117,7 @@ pub async fn handle(
     run.done(status, duration);
     let endpoint = run.endpoint.clone();
     let attempts = run.attempts;
+    let timer = run.timer.take();
     if let Some(ctx) = ctx.as_mut() {
         let trace_id = ctx.trace.as_ref().map(|t| t.trace_id());
         if let Some(t) = ctx.trace.take() {
@@ -123,7 +139,7 @@ pub async fn handle(
             });
         }
     }
-    resp
+    (resp, timer)
 }
 
 struct Run<'a> {
@@ -135,6 +151,8 @@ struct Run<'a> {
     endpoint: Option<Arc<Endpoint>>,
     /// The last cluster looked up by name.
     cluster: Option<Arc<Cluster>>,
+    /// The connection's per-try timer, if it lent one.
+    timer: Option<AttemptTimer>,
 }
 
 /// What the upstream phase produced.
@@ -335,9 +353,15 @@ impl Run<'_> {
                 let sending = pin!(upstream::send(&endpoint, pool, &cluster.connections, req));
                 // The deadline from `sent`: no second clock read. One past the clock's range
                 // is no deadline.
-                match sent.checked_add(per_try) {
-                    Some(at) => before(at, sending).await,
-                    None => Some(sending.await),
+                match (sent.checked_add(per_try), self.timer.as_mut()) {
+                    (Some(at), Some(timer)) => {
+                        timer.as_mut().reset(at.into());
+                        before(timer.as_mut(), sending).await
+                    }
+                    (Some(at), None) => {
+                        before(pin!(tokio::time::sleep_until(at.into())), sending).await
+                    }
+                    (None, _) => Some(sending.await),
                 }
             };
             let latency = sent.elapsed();
@@ -652,11 +676,13 @@ impl Run<'_> {
     }
 }
 
-/// What `fut` gives, unless `deadline` comes first (`None`). The timer sits next to the
+/// What `fut` gives, unless `timer` fires first (`None`). The timer sits next to the
 /// future instead of around it: tokio's `timeout_at` would move the whole future (the send's
 /// is most of a kilobyte) into its own.
-async fn before<F: Future>(deadline: Instant, mut fut: Pin<&mut F>) -> Option<F::Output> {
-    let mut timer = pin!(tokio::time::sleep_until(deadline.into()));
+async fn before<F: Future>(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    mut fut: Pin<&mut F>,
+) -> Option<F::Output> {
     poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));

@@ -48,6 +48,7 @@ pub async fn handle_without_io(
         attempts: 0,
         endpoint: None,
         cluster: None,
+        timer: None,
     };
     let outcome = match run.request_phase().await {
         Some(resp) => Outcome::Local(resp),

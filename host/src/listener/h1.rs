@@ -183,12 +183,18 @@ pub(super) async fn serve(
     // cache keeps, so it is allocated at the connection's first request and reused for the
     // next ones, and given back once the connection idles for a tick.
     let mut chain_slot = None;
+    // The per-try deadline's timer, lent to each request (`chain::AttemptTimer`) and given
+    // back with the chain's state.
+    let mut timer = None;
     loop {
         let Some(r) = reader.as_mut() else {
             return Ended::Closed;
         };
         let head = match waiting
-            .next_head(r, limits, first, &mut || chain_slot = None)
+            .next_head(r, limits, first, &mut || {
+                chain_slot = None;
+                timer = None;
+            })
             .await
         {
             Next::Head(head) => head,
@@ -242,10 +248,14 @@ pub(super) async fn serve(
         let req = Request::from_parts(parts, body);
         // In a slot of its own, not inline: the chain's state would otherwise weigh on every
         // idle connection.
-        let resp = placed(&mut chain_slot, || {
-            crate::chain::handle(proxy, site, req, raw, peer)
+        let lent = timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())));
+        let (resp, back_timer) = placed(&mut chain_slot, || {
+            crate::chain::handle(proxy, site, req, raw, peer, Some(lent))
         })
         .await;
+        timer = back_timer;
         if let Some(mut back) = back {
             // A body not read to its end leaves the connection where no head can be found.
             match back.try_recv() {
