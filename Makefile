@@ -9,7 +9,8 @@ COMPONENTIZE := target/debug/spindle-componentize
 FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-retry:retry spindle-filter-breaker:breaker \
 	spindle-filter-testbed:testbed hello-filter:hello \
-	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault
+	spindle-filter-ratelimit:ratelimit spindle-filter-headers:headers spindle-filter-fault:fault \
+	spindle-filter-raw:raw
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
 .PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro bench-icount

@@ -170,3 +170,67 @@ async fn fail_open_also_covers_the_call_deadline() {
     })
     .await
 }
+
+/// `raw` (a filter written against the ABI without the SDK's glue) answering `answer` from
+/// `on-request`, then a round-robin balancer: no router, `raw` chooses the cluster itself.
+fn raw_config(answer: &str) -> String {
+    head(&["raw", "balancer"])
+        + &spindle_tests::config::filter("raw", "raw", &format!("cluster = \"api\"\n{answer}"))
+        + &round_robin()
+        + &cluster("api", &["a"])
+}
+
+/// `on-request` answers by the ABI's rules work as the SDK's do (`route` by the number
+/// `cluster-ref` gave, `respond` after `reply`); answers that break them (a `route` number the
+/// host never gave, `respond` with no `reply` in that call) fail the hook as a trap does: a 503
+/// naming the filter, counted as `kind="trap"`, and the next requests are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_answers_from_on_request_fail_the_hook() {
+    bounded(Duration::from_secs(120), async {
+        let a = Upstream::start("a").await;
+        let client = Client::new();
+
+        let sp = Spindle::start_in(Workdir::new(&[&a]), &raw_config("answer = \"route\"")).await;
+        let resp = client.get(&format!("{}/r", sp.url("edge")), &[]).await.unwrap();
+        assert_eq!((resp.status, resp.upstream()), (200, Some("a")), "{resp:?}");
+        drop(sp);
+
+        let sp = Spindle::start_in(Workdir::new(&[&a]), &raw_config("answer = \"reply\"")).await;
+        let resp = client.get(&format!("{}/r", sp.url("edge")), &[]).await.unwrap();
+        assert_eq!(resp.status, 418, "{resp:?}");
+        assert_eq!(resp.header("x-raw"), Some("reply"), "{resp:?}");
+        assert_eq!(resp.body, "short and stout\n");
+        drop(sp);
+
+        // A reply given in one call and not answered with is gone by the next call.
+        for answer in [
+            "answer = \"route-unknown\"",
+            "answer = \"respond-without-reply\"",
+            "answer = \"reply-then-continue\"\nanswer_after = { requests = 1, answer = \"respond-without-reply\" }",
+        ] {
+            let sp = Spindle::start_in(Workdir::new(&[&a]), &raw_config(answer)).await;
+            let url = format!("{}/r", sp.url("edge"));
+            let seen = a.count();
+            if answer.contains("reply-then-continue") {
+                let resp = client.get(&url, &[]).await.unwrap();
+                assert_eq!(resp.status, 404, "continue, no cluster chosen: {resp:?}");
+            }
+            for _ in 0..3 {
+                let resp = client.get(&url, &[]).await.unwrap();
+                assert_eq!(resp.status, 503, "{answer}: {resp:?}");
+                assert_eq!(resp.header("x-spindle-filter"), Some("raw"), "{resp:?}");
+            }
+            assert_eq!(a.count(), seen, "{answer}: nothing reached the upstream");
+            let errors = sp
+                .metric_or_zero(
+                    "spindle_filter_errors_total",
+                    &[("filter", "raw"), ("kind", "trap")],
+                )
+                .await;
+            assert_eq!(errors, 3.0, "{answer}");
+            let ready = sp.admin_get("/ready").await.unwrap();
+            assert_eq!(ready.status, 200, "the filter stays live: {ready:?}");
+        }
+    })
+    .await
+}

@@ -217,9 +217,9 @@ async fn garbage_and_truncated_modules_are_refused() {
             .collect();
         let truncated = good[..good.len() / 2].to_vec();
         // The same filter as if built for another version of the ABI: every interface name
-        // says 0.1.0 (same length, so the binary stays well-formed).
-        let other_abi = replace_all(&good, b"spindle:filter/host@0.2.0", b"spindle:filter/host@0.1.0");
-        let other_abi = replace_all(&other_abi, b"spindle:filter/filter@0.2.0", b"spindle:filter/filter@0.1.0");
+        // says 0.2.0, the previous one (same length, so the binary stays well-formed).
+        let other_abi = replace_all(&good, b"spindle:filter/host@0.3.0", b"spindle:filter/host@0.2.0");
+        let other_abi = replace_all(&other_abi, b"spindle:filter/filter@0.3.0", b"spindle:filter/filter@0.2.0");
         assert_ne!(other_abi, good, "the module names the ABI's version");
         for (what, bytes) in [
             ("garbage", garbage),
@@ -249,7 +249,7 @@ async fn garbage_and_truncated_modules_are_refused() {
                     .unwrap_or_default();
                 let detail = last["detail"].as_str().unwrap_or_default();
                 assert!(
-                    detail.contains("cannot link") && detail.contains("@0.1.0"),
+                    detail.contains("cannot link") && detail.contains("@0.2.0"),
                     "{last}"
                 );
             }

@@ -223,7 +223,7 @@ fn request_ctx() -> Option<Box<RequestCtx>> {
     let client: SocketAddr = CLIENT.parse().expect("address");
     let id = RequestId::given(b"5f0c6a2e9b8d4c1fa7e3b2d1c0f9e8a7").expect("a valid id");
     let mut ctx = RequestCtx::new(head, client, id);
-    ctx.cluster = Some("c3".to_string());
+    ctx.cluster = Some(Arc::from("c3"));
     Some(Box::new(ctx))
 }
 
@@ -289,7 +289,9 @@ fn hooks(c: &mut Criterion, fx: &Fixture) {
     // The router answers with the cluster it chose (the chain sets it on the request).
     let router = fx.filter("router");
     match router.on_request(&mut ctx).expect("hook call") {
-        RequestAction::Route(cluster) => assert_eq!(cluster, "c3", "the router chose the cluster"),
+        RequestAction::Route(cluster) => {
+            assert_eq!(&*cluster, "c3", "the router chose the cluster")
+        }
         other => panic!("the router did not route: {other:?}"),
     }
     g.bench_function("router/on_request", |b| {
@@ -300,7 +302,7 @@ fn hooks(c: &mut Criterion, fx: &Fixture) {
         })
     });
     if let Some(c) = ctx.as_mut() {
-        c.cluster = Some("c3".to_string());
+        c.cluster = Some(Arc::from("c3"));
     }
     let breaker = fx.filter("breaker");
     g.bench_function("breaker/on_request", |b| {
@@ -314,7 +316,7 @@ fn hooks(c: &mut Criterion, fx: &Fixture) {
     // for a cluster of 1,000 endpoints.
     let mut big = request_ctx();
     if let Some(c) = big.as_mut() {
-        c.cluster = Some("c1000".to_string());
+        c.cluster = Some(Arc::from("c1000"));
     }
     let breaker = fx.filter("breaker");
     g.bench_function("breaker/on_request/c1000", |b| {

@@ -81,22 +81,14 @@ impl<F: Filter> Guest for Adapter<F> {
         sys::set_traced(traced);
         sys::begin_request(path);
         let action = with(Action::Continue, runtime::on_request::<F>);
-        // The chosen cluster goes back with the answer: as `route` when the chain goes on,
-        // else (rare: a local reply or a delay after choosing) through the host call.
-        let route = sys::end_request();
-        if let Some(cluster) = route {
-            if matches!(action, Action::Continue) {
-                return wt::RequestAction::Route(cluster);
-            }
-            sys::set_cluster(&cluster);
-        }
+        // The chosen cluster goes back with the answer: as `route` when the chain goes on.
+        let route = sys::end_request(matches!(action, Action::Continue));
         match action {
-            Action::Continue => wt::RequestAction::Continue,
-            Action::Respond(reply) => wt::RequestAction::Respond(wt::LocalReply {
-                status: reply.status,
-                headers: reply.headers,
-                body: reply.body,
-            }),
+            Action::Continue => route.map_or(wt::RequestAction::Continue, wt::RequestAction::Route),
+            Action::Respond(reply) => {
+                sys::reply(reply);
+                wt::RequestAction::Respond
+            }
             Action::Delay(delay) => wt::RequestAction::Delay(millis_u32(delay)),
         }
     }

@@ -25,7 +25,7 @@ pub struct RequestCtx {
     /// on with no header changed. While this is `Some`, `head.headers` is empty.
     pub raw: Option<RawHead>,
     pub client: SocketAddr,
-    pub cluster: Option<String>,
+    pub cluster: Option<Arc<str>>,
     pub per_try_timeout: Option<Duration>,
     pub request_id: RequestId,
     /// Per-filter request variables: (filter, name, value).

@@ -658,7 +658,10 @@ impl Run<'_> {
         }
         let summary = RequestSummary {
             status: status.as_u16(),
-            cluster: self.ctx.as_ref().and_then(|c| c.cluster.clone()),
+            cluster: self
+                .ctx
+                .as_ref()
+                .and_then(|c| c.cluster.as_deref().map(str::to_string)),
             endpoint: self.endpoint.as_ref().map(|e| e.id),
             attempts: self.attempts,
             duration_ns: duration.as_nanos() as u64,

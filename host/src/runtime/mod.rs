@@ -78,6 +78,7 @@ impl Proxy {
             upstreams: upstreams.clone(),
             metrics: metrics.clone(),
             start,
+            cluster_refs: Default::default(),
         });
         let config_path = config.path.clone();
         let runtime = build(&engine, &env, &metrics, config, None)?;

@@ -15,10 +15,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::Store;
 
 use super::bindings::exports::spindle::filter::filter::{
-    AttemptAction, AttemptOutcome, Endpoint as WitEndpoint, PickContext, RequestAction,
-    RequestSummary,
+    AttemptAction, AttemptOutcome, Endpoint as WitEndpoint, PickContext,
+    RequestAction as WitRequestAction, RequestSummary,
 };
-use super::bindings::spindle::filter::types::{AttemptOutcomes, Declaration, Hooks};
+use super::bindings::spindle::filter::types::{AttemptOutcomes, Declaration, Hooks, LocalReply};
 use super::bindings::{SpindleFilter, SpindleFilterPre};
 use super::engine::{EpochTicker, WasmEngine};
 use super::host::{DeadlineWatch, HostEnv, HostState};
@@ -35,12 +35,23 @@ pub enum LoadError {
         path: PathBuf,
         source: super::engine::CompileError,
     },
-    #[error("{path}: cannot link (a filter may import only spindle:filter/host@0.2.0): {message}")]
+    #[error("{path}: cannot link (a filter may import only spindle:filter/host@0.3.0): {message}")]
     Link { path: PathBuf, message: String },
     #[error("{path}: cannot instantiate: {message}")]
     Instantiate { path: PathBuf, message: String },
     #[error("filter refused its config: {message}")]
     Config { message: String },
+}
+
+/// What a filter's `on-request` decided.
+#[derive(Debug)]
+pub enum RequestAction {
+    Continue,
+    /// Answer with this reply (the filter gave it with the `reply` host call).
+    Respond(LocalReply),
+    Delay(u32),
+    /// Choose this cluster (the name behind the number the filter returned) and go on.
+    Route(Arc<str>),
 }
 
 /// How a hook call failed.
@@ -212,6 +223,7 @@ impl FilterModule {
             memory_limit: (self.spec.memory_limit_mb as usize) << 20,
             memory_exceeded: false,
             deadline: DeadlineWatch::default(),
+            reply: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
@@ -357,7 +369,7 @@ impl FilterModule {
     ) -> Result<RequestAction, FilterError> {
         let traced = traced(req);
         let pass_path = self.request_path;
-        self.call(HOOK_REQUEST, req, |s| {
+        let action = self.call(HOOK_REQUEST, req, |s| {
             let path = match (pass_path, s.store.data().req.as_deref()) {
                 (true, Some(r)) => {
                     s.path.clear();
@@ -366,10 +378,32 @@ impl FilterModule {
                 }
                 _ => None,
             };
-            s.bindings
-                .spindle_filter_filter()
-                .call_on_request(&mut s.store, path, traced)
-        })
+            s.store.data_mut().reply = None;
+            let action =
+                s.bindings
+                    .spindle_filter_filter()
+                    .call_on_request(&mut s.store, path, traced)?;
+            let reply = s.store.data_mut().reply.take();
+            Ok(match action {
+                WitRequestAction::Continue => Ok(RequestAction::Continue),
+                WitRequestAction::Delay(ms) => Ok(RequestAction::Delay(ms)),
+                WitRequestAction::Respond => reply
+                    .map(RequestAction::Respond)
+                    .ok_or_else(|| "on-request returned `respond` without a `reply`".to_string()),
+                WitRequestAction::Route(n) => self
+                    .env
+                    .cluster_refs
+                    .name(n)
+                    .map(RequestAction::Route)
+                    .ok_or_else(|| {
+                        format!(
+                            "on-request returned `route({n})`, a number `cluster-ref` never gave"
+                        )
+                    }),
+            })
+        })?;
+        // A broken answer is the filter's fault, as a trap is; its instance is sound.
+        action.map_err(|message| self.failed(FailKind::Trap, message))
     }
 
     /// Asks the balancer for an endpoint, first bringing the instance's view

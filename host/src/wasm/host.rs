@@ -5,15 +5,18 @@
 //! (invalid header names, oversized values) is ignored and logged, never a
 //! host panic.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue};
 
 use super::bindings::spindle::filter::host::Host;
-use super::bindings::spindle::filter::types::{ClusterStats, EndpointStats, LogLevel, MetricKind};
+use super::bindings::spindle::filter::types::{
+    ClusterStats, EndpointStats, LocalReply, LogLevel, MetricKind,
+};
 use super::store::SharedStore;
+use crate::FastMap;
 use crate::chain::{MAX_VAR_BYTES, MAX_VARS, RequestCtx};
 use crate::telemetry::{FilterMetrics, Kind, Metrics};
 use crate::upstream::Upstreams;
@@ -24,6 +27,55 @@ pub struct HostEnv {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
     pub start: Instant,
+    /// The numbers `cluster-ref` gives names, for `request-action::route`.
+    pub cluster_refs: ClusterRefs,
+}
+
+/// Cluster names numbered for `request-action::route` (`cluster-ref`): a name keeps its
+/// number for the process's life, reloads included, so that instances may keep it. Names are
+/// never forgotten, hence the bound.
+#[derive(Default)]
+pub struct ClusterRefs {
+    inner: RwLock<Refs>,
+}
+
+#[derive(Default)]
+struct Refs {
+    numbers: FastMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl ClusterRefs {
+    /// How many names the host numbers.
+    pub const MAX: usize = 4096;
+
+    /// The number of `name`, given now if it has none; `None` once `MAX` names have one.
+    pub fn number(&self, name: &str) -> Option<u32> {
+        if let Some(n) = read(&self.inner).numbers.get(name) {
+            return Some(*n);
+        }
+        let mut refs = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = refs.numbers.get(name) {
+            return Some(*n);
+        }
+        if refs.names.len() >= Self::MAX {
+            return None;
+        }
+        let n = refs.names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        refs.names.push(name.clone());
+        refs.numbers.insert(name, n);
+        Some(n)
+    }
+
+    /// The name numbered `n`.
+    pub fn name(&self, n: u32) -> Option<Arc<str>> {
+        read(&self.inner).names.get(n as usize).cloned()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The data of one instance's `Store`.
@@ -38,6 +90,8 @@ pub struct HostState {
     pub memory_exceeded: bool,
     /// The call's deadline watch: see [`super::filter`]'s deadline callback.
     pub deadline: DeadlineWatch,
+    /// What `reply` gave during the current `on-request`.
+    pub reply: Option<LocalReply>,
 }
 
 /// What the epoch-deadline callback remembers during one guest call.
@@ -219,13 +273,23 @@ impl Host for HostState {
     }
 
     fn cluster(&mut self) -> Option<String> {
-        self.req.as_ref().and_then(|r| r.cluster.clone())
+        self.req
+            .as_ref()
+            .and_then(|r| r.cluster.as_deref().map(str::to_string))
     }
 
     fn set_cluster(&mut self, name: String) {
         if let Some(r) = self.req.as_mut() {
-            r.cluster = Some(name);
+            r.cluster = Some(Arc::from(name));
         }
+    }
+
+    fn cluster_ref(&mut self, name: String) -> Option<u32> {
+        self.env.cluster_refs.number(&name)
+    }
+
+    fn reply(&mut self, reply: LocalReply) {
+        self.reply = Some(reply);
     }
 
     fn set_per_try_timeout(&mut self, ms: u32) {
@@ -442,6 +506,7 @@ mod tests {
             upstreams: Arc::new(Upstreams::new(Instant::now())),
             metrics: metrics.clone(),
             start: Instant::now(),
+            cluster_refs: ClusterRefs::default(),
         });
         let (head, ()) = http::Request::new(()).into_parts();
         let client: SocketAddr = "127.0.0.1:1".parse().expect("address");
@@ -457,7 +522,29 @@ mod tests {
             memory_limit: 1 << 20,
             memory_exceeded: false,
             deadline: DeadlineWatch::default(),
+            reply: None,
         }
+    }
+
+    #[test]
+    fn cluster_refs_number_each_name_once_up_to_the_bound() {
+        let refs = ClusterRefs::default();
+        let api = refs.number("api").expect("a number");
+        let web = refs.number("web").expect("a number");
+        assert_ne!(api, web);
+        assert_eq!(
+            refs.number("api"),
+            Some(api),
+            "the same name, the same number"
+        );
+        assert_eq!(refs.name(api).as_deref(), Some("api"));
+        assert_eq!(refs.name(web).as_deref(), Some("web"));
+        assert_eq!(refs.name(u32::MAX), None);
+        for i in 2..ClusterRefs::MAX {
+            assert!(refs.number(&format!("c{i}")).is_some());
+        }
+        assert_eq!(refs.number("one-too-many"), None, "bounded");
+        assert_eq!(refs.number("web"), Some(web), "numbered names keep theirs");
     }
 
     #[test]

@@ -15,10 +15,10 @@ pub mod bindings {
 }
 
 pub use self::bindings::exports::spindle::filter::filter::{
-    AttemptAction, AttemptOutcome, RequestAction, RequestSummary,
+    AttemptAction, AttemptOutcome, RequestSummary,
 };
 pub use self::bindings::spindle::filter::types::{AttemptError, Hooks};
 pub use self::engine::{WasmEngine, default_cache_dir};
-pub use self::filter::{FilterError, FilterModule, LoadError, sha256_hex};
-pub use self::host::{HostEnv, MAX_HEADERS};
+pub use self::filter::{FilterError, FilterModule, LoadError, RequestAction, sha256_hex};
+pub use self::host::{ClusterRefs, HostEnv, MAX_HEADERS};
 pub use self::store::SharedStore;

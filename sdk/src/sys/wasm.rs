@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::log::Level;
 use crate::metrics::MetricKind;
-use crate::types::{ClusterStats, EndpointStats};
+use crate::types::{ClusterStats, EndpointStats, LocalReply};
 use crate::wit::spindle::filter::host;
 use crate::wit::spindle::filter::types as wt;
 
@@ -55,22 +55,53 @@ pub(crate) fn remove_request_header(name: &str) {
     host::remove_request_header(name);
 }
 pub(crate) fn cluster() -> Option<String> {
-    match ROUTE.with(|r| r.borrow().clone()) {
-        Some(Some(name)) => Some(name),
+    match ROUTE.get() {
+        Some(Some(n)) => ref_name(n),
         _ => host::cluster(),
     }
 }
 pub(crate) fn set_cluster(name: &str) {
-    let kept = ROUTE.with(|r| match &mut *r.borrow_mut() {
-        Some(route) => {
-            *route = Some(name.to_owned());
-            true
+    // In `on-request`, the cluster's number is kept to be returned as `route`.
+    if ROUTE.get().is_some() {
+        if let Some(n) = cluster_ref(name) {
+            ROUTE.set(Some(Some(n)));
+            return;
         }
-        None => false,
-    });
-    if !kept {
-        host::set_cluster(name);
+        // Past what the host numbers: the host call below sets it, and a number kept earlier in
+        // this hook must not override it.
+        ROUTE.set(Some(None));
     }
+    host::set_cluster(name);
+}
+
+/// How many cluster numbers an instance keeps (a router knows a few clusters; past this, a
+/// name is set through the `set-cluster` host call).
+const MAX_REFS: usize = 256;
+
+/// The host's number for a cluster name, asked once per name and kept.
+fn cluster_ref(name: &str) -> Option<u32> {
+    REFS.with(|refs| {
+        let mut refs = refs.borrow_mut();
+        if let Some((_, n)) = refs.iter().find(|(known, _)| **known == *name) {
+            return Some(*n);
+        }
+        if refs.len() >= MAX_REFS {
+            return None;
+        }
+        let n = host::cluster_ref(name)?;
+        refs.push((name.into(), n));
+        Some(n)
+    })
+}
+
+/// The name behind a number `cluster_ref` gave.
+fn ref_name(n: u32) -> Option<String> {
+    REFS.with(|refs| {
+        refs.borrow()
+            .iter()
+            .find(|(_, known)| *known == n)
+            .map(|(name, _)| name.to_string())
+    })
 }
 
 thread_local! {
@@ -78,22 +109,48 @@ thread_local! {
     // `request-path`), until the filter first reads it.
     static PASSED_PATH: std::cell::RefCell<Option<String>> =
         const { std::cell::RefCell::new(None) };
-    // During `on-request`: `Some`, holding the cluster the filter chose (if it did), which the
-    // hook returns as `route` instead of a `set-cluster` host call. `None` outside it.
-    static ROUTE: std::cell::RefCell<Option<Option<String>>> =
-        const { std::cell::RefCell::new(None) };
+    // During `on-request`: `Some`, holding the number of the cluster the filter chose (if it
+    // did), which the hook returns as `route` instead of a `set-cluster` host call. `None`
+    // outside it.
+    static ROUTE: std::cell::Cell<Option<Option<u32>>> = const { std::cell::Cell::new(None) };
+    // The cluster names this instance had numbered by `cluster-ref`.
+    static REFS: std::cell::RefCell<Vec<(Box<str>, u32)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Entering `on-request`, with the path the host passed.
 pub(crate) fn begin_request(path: Option<String>) {
     PASSED_PATH.with(|p| *p.borrow_mut() = path);
-    ROUTE.with(|r| *r.borrow_mut() = Some(None));
+    ROUTE.set(Some(None));
 }
 
-/// Leaving `on-request`: the cluster the filter chose during it, if it did.
-pub(crate) fn end_request() -> Option<String> {
+/// Leaving `on-request`: the number of the cluster the filter chose during it, if it did and
+/// the chain goes on (`continues`); when it does not, the choice is made through the host
+/// call (rare: a local reply or a delay after choosing).
+pub(crate) fn end_request(continues: bool) -> Option<u32> {
     PASSED_PATH.with(|p| *p.borrow_mut() = None);
-    ROUTE.with(|r| r.borrow_mut().take()).flatten()
+    let n = ROUTE.take().flatten()?;
+    if continues {
+        return Some(n);
+    }
+    if let Some(name) = ref_name(n) {
+        host::set_cluster(&name);
+    }
+    None
+}
+
+/// The local reply `on-request` answers with (`request-action::respond`).
+pub(crate) fn reply(reply: LocalReply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    host::reply(wt::LocalReply {
+        status: reply.status,
+        headers: &headers,
+        body: &reply.body,
+    });
 }
 pub(crate) fn set_per_try_timeout(ms: u32) {
     host::set_per_try_timeout(ms);

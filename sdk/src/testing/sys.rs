@@ -425,12 +425,14 @@ pub(crate) fn store_delete(key: &str) {
 pub(crate) fn set_traced(_traced: bool) {}
 
 // The export glue's `on-request` bookkeeping (the passed path, the cluster returned as
-// `route`) is Wasm-only: under the mock host `path` and `set_cluster` act on the request
-// directly, which is what the host makes of both.
+// `route`, the local reply given to the host) is Wasm-only: the glue is instantiated on wasm32
+// only, and under the mock host `path` and `set_cluster` act on the request directly, which is
+// what the host makes of them, and the test driver takes `Action::Respond` as it is.
 pub(crate) fn begin_request(_path: Option<String>) {}
-pub(crate) fn end_request() -> Option<String> {
+pub(crate) fn end_request(_continues: bool) -> Option<u32> {
     None
 }
+pub(crate) fn reply(_reply: crate::types::LocalReply) {}
 
 /// The mock traces every request: span calls record while one is bound.
 pub(crate) fn span_set_attribute(key: &str, value: &str) -> bool {

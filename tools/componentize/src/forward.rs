@@ -11,10 +11,10 @@
 //!
 //! ```text
 //! (core module $forward
-//!   (import "main" "spindle:filter/filter@0.2.0#on-request" (func $f (param i32) (result i32)))
-//!   (export "spindle:filter/filter@0.2.0#on-request" (func $f)) ...)
+//!   (import "main" "spindle:filter/filter@0.3.0#on-request" (func $f (param i32) (result i32)))
+//!   (export "spindle:filter/filter@0.3.0#on-request" (func $f)) ...)
 //! (core instance $forward (instantiate $forward (with "main" (instance $main))))
-//! (alias core export $forward "spindle:filter/filter@0.2.0#on-request" (core func)) ;; was $main
+//! (alias core export $forward "spindle:filter/filter@0.3.0#on-request" (core func)) ;; was $main
 //! ```
 //!
 //! The call itself is unchanged: the imported reference points at the main module's code and
@@ -28,7 +28,7 @@ use wasmparser::{BinaryReader, ComponentAlias, ExternalKind, Payload, TypeRef};
 
 /// The prefix of the core exports that implement the `filter` interface's functions
 /// (`cabi_post_...` helpers do not have it).
-const HOOK_PREFIX: &str = "spindle:filter/filter@0.2.0#";
+const HOOK_PREFIX: &str = "spindle:filter/filter@0.3.0#";
 /// The forwarding module's import module name.
 const MAIN: &str = "main";
 

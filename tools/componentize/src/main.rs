@@ -8,8 +8,8 @@
 //! 2. `wit-component` wraps it into a component; its exported hooks are then lifted through a
 //!    forwarding core instance (see `forward`: each hook call costs wasmtime ~900 instructions
 //!    less), and the result is validated;
-//! 3. the component exports `spindle:filter/filter@0.2.0` and imports nothing but
-//!    `spindle:filter/host@0.2.0` (and the type-only `spindle:filter/types@0.2.0` it uses),
+//! 3. the component exports `spindle:filter/filter@0.3.0` and imports nothing but
+//!    `spindle:filter/host@0.3.0` (and the type-only `spindle:filter/types@0.3.0` it uses),
 //!    because that is all the host links: no WASI, no stray `env` imports.
 //!
 //! ```text
@@ -28,9 +28,9 @@ use wit_component::{ComponentEncoder, DecodedWasm, WitPrinter};
 mod forward;
 
 /// The interface every filter exports.
-const FILTER_EXPORT: &str = "spindle:filter/filter@0.2.0";
+const FILTER_EXPORT: &str = "spindle:filter/filter@0.3.0";
 /// The interfaces a filter may import: the host API, and the types it shares with the exports.
-const ALLOWED_IMPORTS: &[&str] = &["spindle:filter/host@0.2.0", "spindle:filter/types@0.2.0"];
+const ALLOWED_IMPORTS: &[&str] = &["spindle:filter/host@0.3.0", "spindle:filter/types@0.3.0"];
 
 /// Turn a filter's core Wasm module (built with spindle-sdk for wasm32-unknown-unknown) into a
 /// validated Spindle filter component.
