@@ -63,10 +63,38 @@ impl RequestId {
         })
     }
 
+    /// `bits` as 32 lowercase hex digits.
+    pub fn hex(bits: u128) -> RequestId {
+        let mut bytes = [0; Self::MAX];
+        let digits = [
+            (bits >> 96) as u32,
+            (bits >> 64) as u32,
+            (bits >> 32) as u32,
+            bits as u32,
+        ];
+        for (out, word) in bytes.chunks_exact_mut(8).zip(digits) {
+            out.copy_from_slice(&hex8(word));
+        }
+        RequestId { len: 32, bytes }
+    }
+
     pub fn as_str(&self) -> &str {
         // Checked ASCII when made: the conversion cannot fail.
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
+}
+
+/// The 8 lowercase hex digits of `word`, all at once: each nibble spread to a byte of its own
+/// (most significant first), then `'0'` added to every byte and `'a' - '0' - 10` more to those
+/// above 9 (each byte's 0 or 1 times 39 carries into no other byte).
+fn hex8(word: u32) -> [u8; 8] {
+    const BYTES: u64 = 0x0101_0101_0101_0101;
+    let v = u64::from(word);
+    let v = (v | (v << 16)) & 0x0000_ffff_0000_ffff;
+    let v = (v | (v << 8)) & 0x00ff_00ff_00ff_00ff;
+    let v = (v | (v << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    let above_9 = ((v + 6 * BYTES) >> 4) & BYTES;
+    (v + u64::from(b'0') * BYTES + above_9 * u64::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 impl std::ops::Deref for RequestId {

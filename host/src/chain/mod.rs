@@ -502,15 +502,17 @@ impl Run<'_> {
         if let Some(t) = ctx.trace.as_mut() {
             trace::attempt_url(t, endpoint.authority.as_str(), path);
         }
-        let mut context = HeaderMap::new();
-        if let Some(t) = &ctx.trace {
+        let context = ctx.trace.as_ref().map(|t| {
+            let mut context = HeaderMap::new();
             trace::inject(t.attempt.as_ref().unwrap_or(&t.server), &mut context);
-        }
+            context
+        });
         let head = &ctx.head;
         let traced = ctx.trace.is_some();
         let mut out = HeadWriter::new(&head.method, path);
         let mut has_host = false;
-        let mut forwarded: Vec<u8> = Vec::new();
+        // The client's own `x-forwarded-for` values, if it sent any.
+        let mut forwarded: Option<Vec<u8>> = None;
         // Whether a header goes on as it is; `x-forwarded-for` values are gathered. (A name the
         // client's `connection` lists, for its hop only whatever it is, is left out before.)
         let mut keep = |value: &[u8], role: Role| {
@@ -520,8 +522,9 @@ impl Run<'_> {
                 }
                 Role::TraceParent | Role::TraceState => !traced,
                 Role::ForwardedFor => {
-                    forwarded.extend_from_slice(value);
-                    forwarded.extend_from_slice(b", ");
+                    let f = forwarded.get_or_insert_with(Vec::new);
+                    f.extend_from_slice(value);
+                    f.extend_from_slice(b", ");
                     false
                 }
                 Role::Host => {
@@ -551,9 +554,8 @@ impl Run<'_> {
             out.raw(b"host", a.as_str().as_bytes());
         }
         out.raw(b"x-request-id", ctx.request_id.as_bytes());
-        push_ip(&mut forwarded, ctx.client.ip());
-        out.raw(b"x-forwarded-for", &forwarded);
-        for (name, value) in &context {
+        out.forwarded_for(forwarded.as_deref().unwrap_or_default(), ctx.client.ip());
+        for (name, value) in context.iter().flatten() {
             out.header(name, value.as_bytes());
         }
         let method = head.method.clone();
@@ -913,7 +915,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
 }
 
 /// Appends an IP address as text (IPv4 by hand, into one stack buffer).
-fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     let std::net::IpAddr::V4(v4) = ip else {
         out.extend_from_slice(ip.to_string().as_bytes());
         return;
@@ -949,14 +951,7 @@ fn request_id(given: Option<&[u8]>) -> RequestId {
 
 /// 128 random bits as 32 lowercase hex digits.
 fn new_request_id() -> RequestId {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>().to_be_bytes();
-    let mut out = [0u8; 32];
-    for (pair, b) in out.chunks_exact_mut(2).zip(bits) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
-    }
-    RequestId::given(&out).expect("32 hex digits are a valid request id")
+    RequestId::hex(rand::random())
 }
 
 #[cfg(test)]
@@ -993,6 +988,23 @@ mod tests {
             let mut text = Vec::new();
             push_ip(&mut text, ip);
             assert_eq!(text, ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn request_ids_spell_their_bits_as_format_does() {
+        let mut bits: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+        for _ in 0..1000 {
+            assert_eq!(&*RequestId::hex(bits), format!("{bits:032x}"));
+            bits = bits.wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15) ^ (bits >> 7);
+        }
+        for bits in [
+            0,
+            u128::MAX,
+            0x0a0a_0a0a_0a0a_0a0a_0a0a_0a0a_0a0a_0a0a,
+            0x9999 << 40,
+        ] {
+            assert_eq!(&*RequestId::hex(bits), format!("{bits:032x}"));
         }
     }
 

@@ -359,6 +359,14 @@ impl HeadWriter {
         http1::push_header(&mut self.out, name, value);
     }
 
+    /// `x-forwarded-for`: the `earlier` values (each followed by `, `), then `client`.
+    pub fn forwarded_for(&mut self, earlier: &[u8], client: std::net::IpAddr) {
+        self.out.extend_from_slice(b"x-forwarded-for: ");
+        self.out.extend_from_slice(earlier);
+        crate::chain::push_ip(&mut self.out, client);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
     /// Ends the head with the body's framing: `content-length` when its size is known (none
     /// for an empty body of a method that takes none, unless the client sent one), else
     /// chunked. A complete body of up to 16 KiB follows in the same bytes (one write).
