@@ -83,6 +83,67 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     .await
 }
 
+/// A keep-alive connection waiting for its next request is closed as soon as the drain
+/// starts, while another request is still in flight (not at its idle timeout, a minute by
+/// default, nor when the drain ends), also after several requests on it, when its wait no
+/// longer polls the shutdown signal but looks at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(Duration::from_secs(120), async {
+        let a = Upstream::start("a").await;
+        let mut sp = Spindle::start(&config(), &[&a]).await;
+        let mut conn = tokio::net::TcpStream::connect(sp.listener_addr("edge"))
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        for i in 0..3 {
+            let req = format!("GET /k/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+            conn.write_all(req.as_bytes()).await.unwrap();
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        a.delay(Duration::from_secs(4));
+        let url = format!("{}/slow", sp.url("edge"));
+        let in_flight = tokio::spawn(async move { Client::new().get(&url, &[]).await });
+        assert!(wait_until(Duration::from_secs(10), || async { a.count() == 4 }).await);
+        let started = std::time::Instant::now();
+        sp.sigterm();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the idle connection was not closed");
+        // Well before its next tick (a second after it opened, the default timeouts' tick),
+        // which would otherwise be the first time it looks again.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "closed after {:?}, not at once",
+            started.elapsed()
+        );
+        let resp = in_flight
+            .await
+            .unwrap()
+            .expect("in-flight request completes");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        let status = sp
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("spindle exits after draining");
+        assert!(status.success(), "exit status {status:?}");
+    })
+    .await
+}
+
 /// The voluntary context switches of `pid`'s thread named `name` so far.
 fn thread_switches(pid: u32, name: &str) -> Option<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;

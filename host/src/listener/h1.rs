@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -34,7 +34,6 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
-use tokio::time::Interval;
 
 use crate::chain::Site;
 use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source};
@@ -170,13 +169,17 @@ pub(super) async fn serve(
         io,
         buf: BytesMut::new(),
     });
-    let mut ticker = tokio::time::interval(limits.tick());
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The first tick comes at once, as an interval's does.
+    let tick = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let watch = shutdown.clone();
     let stop = std::pin::pin!(shutdown.changed());
     let mut waiting = Waiting {
-        ticker,
+        tick,
+        period: limits.tick(),
         stop,
         stopped: false,
+        watch,
+        armed: None,
     };
     let mut first = true;
     // Where the chain runs each request: its state (3.3 KB) is past what glibc's per-thread
@@ -300,9 +303,20 @@ fn placed<F: Future>(
 
 /// What a connection waits on between requests besides its socket.
 struct Waiting<'a, F> {
-    ticker: Interval,
+    /// The next tick, every `period` (a tick missed is skipped).
+    tick: Pin<&'a mut tokio::time::Sleep>,
+    period: Duration,
+    /// Shutdown's `changed()`.
     stop: Pin<&'a mut F>,
     stopped: bool,
+    /// The same shutdown flag, to look at without polling `stop`.
+    watch: tokio::sync::watch::Receiver<bool>,
+    /// The waker `tick` and `stop` hold since they were last polled (and found pending). While
+    /// the connection's task is woken through that one (a task's waker stays the same), a
+    /// wait looks at the timer's state and the flag's version instead of polling them again:
+    /// a poll of each takes a lock (the watch's waiter list, the timer's state), about 350
+    /// instructions per request together.
+    armed: Option<Waker>,
 }
 
 enum Wake {
@@ -312,6 +326,38 @@ enum Wake {
 }
 
 impl<F: Future> Waiting<'_, F> {
+    /// Shutdown or the next tick, whichever came.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // A closed sender reads as a change, as `changed()` would end.
+            if !self.stopped && self.watch.has_changed().unwrap_or(true) {
+                self.stopped = true;
+                return Poll::Ready(Wake::Stop);
+            }
+            if self.tick.is_elapsed() {
+                self.armed = None;
+                self.next_tick();
+                return Poll::Ready(Wake::Tick);
+            }
+            return Poll::Pending;
+        }
+        if !self.stopped && self.stop.as_mut().poll(cx).is_ready() {
+            self.stopped = true;
+            return Poll::Ready(Wake::Stop);
+        }
+        if self.tick.as_mut().poll(cx).is_ready() {
+            self.next_tick();
+            return Poll::Ready(Wake::Tick);
+        }
+        self.armed = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn next_tick(&mut self) {
+        let next = tokio::time::Instant::now() + self.period;
+        self.tick.as_mut().reset(next);
+    }
+
     /// Reads until a request head is complete. An empty buffer waits at most the idle
     /// timeout, a started head the header timeout (checked at each tick, so up to a tick
     /// later; no clock is read per request). `idle` runs at each tick that finds no request
@@ -343,14 +389,7 @@ impl<F: Future> Waiting<'_, F> {
                 if let Poll::Ready(res) = r.poll_fill(cx) {
                     return Poll::Ready(Wake::Read(res));
                 }
-                if !self.stopped && self.stop.as_mut().poll(cx).is_ready() {
-                    self.stopped = true;
-                    return Poll::Ready(Wake::Stop);
-                }
-                if self.ticker.poll_tick(cx).is_ready() {
-                    return Poll::Ready(Wake::Tick);
-                }
-                Poll::Pending
+                self.poll_wake(cx)
             })
             .await;
             match wake {
