@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use spindle_tests::config::{cluster, head, round_robin, router_all_to};
-use spindle_tests::{Client, Spindle, Upstream, bounded, wait_until};
+use spindle_tests::{Client, Resp, Spindle, Upstream, bounded, wait_until};
 
 fn config() -> String {
     head(&["router", "balancer"]) + &router_all_to("api") + &round_robin() + &cluster("api", &["a"])
@@ -68,19 +68,27 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         assert!(wait_until(Duration::from_secs(10), || async { a.count() == 1 }).await);
 
         sp.sigterm();
-        let resp = in_flight
-            .await
-            .unwrap()
-            .expect("in-flight request completes");
-        assert_eq!(resp.status, 200, "{resp:?}");
-        assert_eq!(resp.upstream(), Some("a"));
-        let status = sp
-            .wait_exit(Duration::from_secs(10))
-            .await
-            .expect("spindle exits after draining");
-        assert!(status.success(), "exit status {status:?}");
+        in_flight_ends_and_spindle_exits(in_flight, &mut sp).await;
     })
     .await
+}
+
+/// The request in flight when the drain began gets its 200 from `a`, then spindle exits with 0.
+async fn in_flight_ends_and_spindle_exits(
+    in_flight: tokio::task::JoinHandle<Result<Resp, String>>,
+    sp: &mut Spindle,
+) {
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.upstream(), Some("a"));
+    let status = sp
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("spindle exits after draining");
+    assert!(status.success(), "exit status {status:?}");
 }
 
 /// A keep-alive connection waiting for its next request is closed as soon as the drain
@@ -130,16 +138,7 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
             "closed after {:?}, not at once",
             started.elapsed()
         );
-        let resp = in_flight
-            .await
-            .unwrap()
-            .expect("in-flight request completes");
-        assert_eq!(resp.status, 200, "{resp:?}");
-        let status = sp
-            .wait_exit(Duration::from_secs(10))
-            .await
-            .expect("spindle exits after draining");
-        assert!(status.success(), "exit status {status:?}");
+        in_flight_ends_and_spindle_exits(in_flight, &mut sp).await;
     })
     .await
 }

@@ -85,7 +85,8 @@ impl Request {
     }
 
     /// Chooses the cluster (the router does this). An unknown name becomes a 503 later. In
-    /// `on_request` the choice goes back to the host with the hook's answer (no host call).
+    /// `on_request` the choice goes back to the host with the hook's answer, as the number the
+    /// host gave the name (asked once per name and instance, then kept): no host call.
     pub fn set_cluster(&mut self, name: &str) {
         sys::set_cluster(name);
     }
