@@ -13,7 +13,7 @@ FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-raw:raw
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
-.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro bench-icount
+.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro bench-icount release-pgo
 
 all: build
 
@@ -73,7 +73,7 @@ test: fmt-check clippy unit
 # again.
 bench-deps:
 	@missing=""; \
-	for tool in wrk nginx haproxy python3 valgrind; do \
+	for tool in wrk nginx haproxy python3 valgrind curl; do \
 		command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -88,15 +88,34 @@ bench-deps:
 		done; \
 	fi
 
+# The profile-guided release build at target/pgo/spindle (bench/pgo.sh: about 15 minutes the
+# first time; skipped while the host's sources are unchanged).
+release-pgo: build bench-deps
+	bash bench/pgo.sh
+
+# The load and instruction benchmarks measure the profile-guided build (the load benchmark
+# with the plain release build's 4-filter chain as one more row); PGO=0 measures the plain
+# release build (target/release/spindle) alone.
+PGO ?= 1
+ifeq ($(PGO),0)
+BENCH_BUILD :=
+BENCH_SPINDLE := $(CURDIR)/target/release/spindle
+BENCH_OTHER :=
+else
+BENCH_BUILD := release-pgo
+BENCH_SPINDLE := $(CURDIR)/target/pgo/spindle
+BENCH_OTHER := $(CURDIR)/target/release/spindle
+endif
+
 # The end-to-end load benchmark (bench/load.sh: about 4 minutes, results in bench/RESULTS.md).
 # Not part of `make test`.
-bench-load: build bench-deps
-	bash bench/load.sh
+bench-load: build bench-deps $(BENCH_BUILD)
+	SPINDLE_BIN=$(BENCH_SPINDLE) OTHER_BIN=$(BENCH_OTHER) bash bench/load.sh
 
 # Instructions per proxied request for the 2- and 4-filter chains, nginx and HAProxy, under
 # callgrind (bench/icount.sh, about 5 minutes): repeatable where times on a shared machine are not.
-bench-icount: build bench-deps
-	bash bench/icount.sh
+bench-icount: build bench-deps $(BENCH_BUILD)
+	SPINDLE_BIN=$(BENCH_SPINDLE) bash bench/icount.sh
 
 # Criterion micro-benchmarks of the real hook calls, the four-filter chain, the
 # instance pool and the shared store (host/benches/micro.rs, about 2 minutes;

@@ -4,7 +4,8 @@
 # a filter hot swap under load and Spindle's memory with idle keep-alive connections. One run
 # measures everything so that the ratios hold on a noisy machine. `make bench-load` runs it.
 #
-# Needs: target/release/{spindle,demo-upstream}, target/filters/*.wasm (`make build`), and
+# Needs: a spindle binary (SPINDLE_BIN; `make bench-load` gives the profile-guided build of
+# `make release-pgo`), target/release/demo-upstream, target/filters/*.wasm (`make build`), and
 # wrk, nginx, haproxy, python3, taskset (`make bench-deps`). Everything started here listens on
 # 127.0.0.1 only and is stopped on exit.
 #
@@ -18,6 +19,8 @@
 #   IDLE_CONNECTIONS ["1000 10000"]  steps of the memory test (connections open in all)
 #   PROXY_CPU [0], LOAD_CPU [1]      cores: each proxy on PROXY_CPU; upstream, wrk, clients on LOAD_CPU
 #   RESULTS [bench/RESULTS.md]       where the report is written as well as printed (empty: nowhere)
+#   OTHER_BIN [empty]       another spindle binary (e.g. target/release/spindle beside the
+#                           profile-guided build): one more row, its 4-filter chain, in every round
 #   PERF [0]                1: one more 4-filter run under `perf record`, top symbols printed
 set -euo pipefail
 
@@ -37,6 +40,7 @@ PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 RESULTS="${RESULTS-$ROOT/bench/RESULTS.md}"
 PERF="${PERF:-0}"
+OTHER_BIN="${OTHER_BIN:-}"
 # Debian puts nginx and haproxy in /usr/sbin, which a non-login shell may not have on its PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -82,6 +86,7 @@ for tool in wrk nginx haproxy python3 taskset; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run 'make bench-deps' first"
 done
 [ -x "$SPINDLE_BIN" ] || die "no spindle binary at $SPINDLE_BIN: run 'make build' first"
+[ -z "$OTHER_BIN" ] || [ -x "$OTHER_BIN" ] || die "no spindle binary at OTHER_BIN=$OTHER_BIN"
 [ -x "$UPSTREAM_BIN" ] || die "no demo-upstream binary at $UPSTREAM_BIN: run 'make build' first"
 for f in router balancer retry breaker; do
   [ -f "$FILTERS/$f.wasm" ] || die "no $FILTERS/$f.wasm: run 'make build' first"
@@ -170,17 +175,19 @@ stop() {
   wait "$pid" 2>/dev/null || true
 }
 
-# utime + stime of a process and of its live children (nginx's worker), in clock ticks.
+# utime and stime of a process and of its live children (nginx's worker), in clock ticks:
+# prints "USER SYSTEM".
 cpu_ticks() {
-  local pid=$1 total=0 p stat fields children
+  local pid=$1 user=0 system=0 p stat fields children
   children="$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)"
   for p in "$pid" $children; do
     stat="$(cat /proc/"$p"/stat 2>/dev/null)" || continue
     # Fields after "pid (comm) " start at field 3 (state); utime and stime are fields 14 and 15.
     read -r -a fields <<<"${stat##*) }"
-    total=$((total + fields[11] + fields[12]))
+    user=$((user + fields[11]))
+    system=$((system + fields[12]))
   done
-  echo "$total"
+  echo "$user $system"
 }
 
 metric() {
@@ -216,12 +223,13 @@ start_proxy() {
       PROXY_PID=""
       PROXY_PORT="$UPSTREAM_PORT"
       ;;
-    spindle-2 | spindle-4)
+    spindle-2 | spindle-4 | spindle-4-other)
       ADMIN_PORT="$(free_port)"
-      local chain="$TWO"
-      [ "$target" = spindle-4 ] && chain="$FOUR"
+      local chain="$TWO" bin="$SPINDLE_BIN"
+      [ "$target" != spindle-2 ] && chain="$FOUR"
+      [ "$target" = spindle-4-other ] && bin="$OTHER_BIN"
       spindle_config "$WORK/$target.toml" "$PROXY_PORT" "$ADMIN_PORT" "$chain" "$FILTERS/balancer.wasm"
-      start "$target" "$PROXY_CPU" "$SPINDLE_BIN" --log-level warn run --config "$WORK/$target.toml"
+      start "$target" "$PROXY_CPU" "$bin" --log-level warn run --config "$WORK/$target.toml"
       PROXY_PID=$STARTED
       wait_ready "$ADMIN_PORT"
       ;;
@@ -247,14 +255,18 @@ UPSTREAM_PID=$STARTED
 wait_for_port "$UPSTREAM_PORT" demo-upstream
 
 TARGETS=(direct spindle-2 spindle-4 nginx haproxy)
+if [ -n "$OTHER_BIN" ]; then
+  TARGETS+=(spindle-4-other)
+fi
 declare -A LABEL=(
+  [spindle-4-other]="Spindle: the 4 filters, \`${OTHER_BIN#"$ROOT"/}\`"
   [direct]="upstream direct (no proxy)"
   [spindle-2]="Spindle: router + balancer"
   [spindle-4]="Spindle: router + balancer + retry + breaker"
   [nginx]="nginx $(nginx -v 2>&1 | sed 's|.*nginx/||')"
   [haproxy]="HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }')"
 )
-declare -A THREADS=([direct]="—" [spindle-2]="1 worker thread" [spindle-4]="1 worker thread"
+declare -A THREADS=([direct]="—" [spindle-2]="1 worker thread" [spindle-4]="1 worker thread" [spindle-4-other]="1 worker thread"
   [nginx]="worker_processes 1" [haproxy]="nbthread 1")
 
 # ---- throughput and latency, ROUNDS rounds over every target
@@ -268,9 +280,11 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     out="$WORK/results/$target.$round"
     if [ -n "$PROXY_PID" ]; then
-      before="$(cpu_ticks "$PROXY_PID")"
+      read -r user0 system0 <<<"$(cpu_ticks "$PROXY_PID")"
       load "$PROXY_PORT" "$DURATION" "$out"
-      echo "ticks=$(($(cpu_ticks "$PROXY_PID") - before))" >>"$out"
+      read -r user1 system1 <<<"$(cpu_ticks "$PROXY_PID")"
+      echo "ticks=$((user1 - user0 + system1 - system0))" >>"$out"
+      echo "user_ticks=$((user1 - user0))" >>"$out"
       stop "$PROXY_PID"
     else
       load "$PROXY_PORT" "$DURATION" "$out"
@@ -288,12 +302,13 @@ median_round() {
   done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }'
 }
 
-declare -A RPS P50 P99 P999 CPU10K CPUPCT ERRORS RANGE
+declare -A RPS P50 P99 P999 CPU10K USER10K SYS10K CPUPCT ERRORS RANGE
 for target in "${TARGETS[@]}"; do
   f="$(median_round "$target")"
   requests="$(field "$f" requests)"
   dur="$(field "$f" duration_us)"
   ticks="$(sed -n 's/^ticks=//p' "$f")"
+  user_ticks="$(sed -n 's/^user_ticks=//p' "$f")"
   RPS[$target]="$(awk -v n="$requests" -v d="$dur" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
   P50[$target]="$(field "$f" p50_us)"
   P99[$target]="$(field "$f" p99_us)"
@@ -306,7 +321,11 @@ for target in "${TARGETS[@]}"; do
   if [ "$ticks" -ge 0 ]; then
     CPU10K[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
     CPUPCT[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v d="$dur" 'BEGIN { printf "%.0f%%", t / hz / (d / 1e6) * 100 }')"
+    USER10K[$target]="$(awk -v t="$user_ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
+    SYS10K[$target]="$(awk -v t="$((ticks - user_ticks))" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
   else
+    USER10K[$target]="—"
+    SYS10K[$target]="—"
     CPU10K[$target]="—"
     CPUPCT[$target]="—"
   fi
@@ -452,7 +471,12 @@ report() {
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr); shared with other work, so numbers are noisy"
   echo "- Load average before: ${LOAD_BEFORE##*load average: }; after: ${LOAD_AFTER##*load average: }"
-  echo "- Command: \`make bench-load\` (\`CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS SWAP_DURATION=$SWAP_DURATION SWAP_INTERVAL_MS=$SWAP_INTERVAL_MS IDLE_CONNECTIONS=\"$IDLE_CONNECTIONS\" PERF=$PERF bash bench/load.sh\`)"
+  echo "- Command: \`make bench-load\` (\`SPINDLE_BIN=${SPINDLE_BIN#"$ROOT"/}${OTHER_BIN:+ OTHER_BIN=${OTHER_BIN#"$ROOT"/}} CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS SWAP_DURATION=$SWAP_DURATION SWAP_INTERVAL_MS=$SWAP_INTERVAL_MS IDLE_CONNECTIONS=\"$IDLE_CONNECTIONS\" PERF=$PERF bash bench/load.sh\`)"
+  case "$SPINDLE_BIN" in
+    *target/pgo/spindle) echo "- Spindle: \`target/pgo/spindle\`, the profile-guided release build (\`make release-pgo\`, bench/pgo.sh)" ;;
+    *target/release/spindle) echo "- Spindle: \`target/release/spindle\`, the release build without profile guidance (\`PGO=0\`)" ;;
+    *) echo "- Spindle: \`$SPINDLE_BIN\`" ;;
+  esac
   echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`, HTTP/1.1 keep-alive, GET / answered 200 with a 6-byte body by \`demo-upstream\` (hyper, 1 worker thread); ${WARMUP}s warm-up before every run; each proxy started afresh for each run"
   echo "- Pinning: each proxy on core $PROXY_CPU (\`taskset -c $PROXY_CPU\`), upstream and wrk on core $LOAD_CPU; one serving thread per proxy: Spindle \`[runtime] worker_threads = 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`"
   echo "- All proxies keep upstream connections alive (nginx \`keepalive\` + \`proxy_http_version 1.1\` + \`Connection \"\"\`, HAProxy \`http-reuse always\`) and add \`X-Forwarded-For\` as Spindle does; Spindle runs with \`--log-level warn\`"
@@ -460,13 +484,13 @@ report() {
   echo
   echo "## Throughput and latency"
   echo
-  echo "| target | threads | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | req/s vs nginx | proxy CPU s / 10k req | proxy CPU | failed |"
-  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| target | threads | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | req/s vs nginx | proxy CPU s / 10k req | user / system | proxy CPU | failed |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for t in "${TARGETS[@]}"; do
-    echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${CPUPCT[$t]} | ${ERRORS[$t]} |"
+    echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${USER10K[$t]} / ${SYS10K[$t]} | ${CPUPCT[$t]} | ${ERRORS[$t]} |"
   done
   echo
-  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core. \"failed\" counts wrk's socket errors and responses >= 400."
+  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"failed\" counts wrk's socket errors and responses >= 400."
   echo
   # A proxy that did not use its whole core was held back by something other than its own work:
   # the load side (wrk and the upstream share one core) or other processes on the machine. Its
