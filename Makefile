@@ -13,7 +13,7 @@ FILTER_CRATES := spindle-filter-router:router spindle-filter-balancer:balancer \
 	spindle-filter-raw:raw
 WASM_CRATES := spindle-sdk $(foreach f,$(FILTER_CRATES),$(firstword $(subst :, ,$(f))))
 
-.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro bench-icount release-pgo
+.PHONY: all setup test-deps build filters host demo test fmt-check clippy unit clean bench bench-deps bench-load bench-micro bench-icount release-pgo test-pgo
 
 all: build
 
@@ -65,6 +65,11 @@ unit: filters test-deps
 	$(CARGO) test -q --workspace
 
 test: fmt-check clippy unit
+
+# The integration tests against the profile-guided build instead of the debug one: the binary
+# the benchmarks measure and production ships passes the same tests (not part of `make test`).
+test-pgo: filters test-deps release-pgo
+	SPINDLE_BIN=$(CURDIR)/target/pgo/spindle $(CARGO) test -q -p spindle-tests
 
 # Benchmark tools from Debian: wrk drives the load, nginx and haproxy are the proxies Spindle is
 # compared with, python3 holds the idle connections, valgrind counts instructions. Installing a

@@ -26,6 +26,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/spindle_config.sh"
 # shellcheck source=proxy_configs.sh
 source "$HERE/proxy_configs.sh"
+# shellcheck source=processes.sh
+source "$HERE/processes.sh"
 LOW="${LOW:-1000}"
 HIGH="${HIGH:-3000}"
 CHAINS="${CHAINS:-2 4}"
@@ -54,10 +56,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 ready() {
   local admin=$1

@@ -29,6 +29,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/spindle_config.sh"
 # shellcheck source=proxy_configs.sh
 source "$HERE/proxy_configs.sh"
+# shellcheck source=processes.sh
+source "$HERE/processes.sh"
 CONNECTIONS="${CONNECTIONS:-32}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
@@ -47,30 +49,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 WORK="$(mktemp -d -t spindle-bench.XXXXXX)"
 PIDS=()
 
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "$status" -ne 0 ]; then
-    local log
-    for log in "$WORK"/*.log; do
-      [ -s "$log" ] || continue
-      echo "---- $(basename "$log") (last 15 lines) ----" >&2
-      tail -n 15 "$log" >&2 || true
-    done
-  fi
-  rm -rf "$WORK"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_all_on_exit
 
 die() {
   echo "bench/load.sh: $*" >&2
@@ -118,11 +97,6 @@ CLK_TCK="$(getconf CLK_TCK)"
 LOAD_BEFORE="$(uptime)"
 
 # ---- helpers
-
-# A free TCP port on 127.0.0.1 (the kernel picks it; used at once, so a clash is unlikely).
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # Raw HTTP/1.0 GET on 127.0.0.1 with bash only; prints the response (head and body).
 http_get() {

@@ -22,6 +22,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=spindle_config.sh
 source "$HERE/spindle_config.sh"
+# shellcheck source=processes.sh
+source "$HERE/processes.sh"
 TRAIN_SECONDS="${TRAIN_SECONDS:-15}"
 PGO="$ROOT/target/pgo"
 # The llvm-profdata release that reads the profiles of rustc's LLVM (the same major version).
@@ -83,26 +85,7 @@ RUSTFLAGS="-Cprofile-generate=$PGO/raw -Cllvm-args=-enable-name-compression=fals
 # ---- 3. training
 WORK="$(mktemp -d -t spindle-pgo.XXXXXX)"
 PIDS=()
-cleanup() {
-  local status=$? pid
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "$status" -ne 0 ]; then
-    for log in "$WORK"/*.log; do
-      [ -s "$log" ] && { echo "---- $(basename "$log")" >&2; tail -n 15 "$log" >&2; }
-    done
-  fi
-  rm -rf "$WORK"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+stop_all_on_exit
 
 wait_ready() {
   local admin=$1
