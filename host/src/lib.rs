@@ -20,9 +20,11 @@
 //!   the file watcher that triggers them.
 //! - [`admin`]: `/ready`, `/metrics`, `/config`, `/clusters`.
 //! - [`telemetry`]: metrics registry and logging.
+//! - [`clock`]: the coarse clock read per request for what counts in ms or s.
 
 pub mod admin;
 pub mod chain;
+pub mod clock;
 pub mod config;
 pub mod http1;
 pub mod listener;

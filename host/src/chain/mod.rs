@@ -286,15 +286,15 @@ impl Run<'_> {
     ) -> Result<(u32, Arc<Endpoint>), Box<Outcome>> {
         self.attempts += 1;
         let attempt = self.attempts;
-        // One clock read for the pick and the request count.
-        let now = self.proxy.upstreams.elapsed();
+        // One (coarse) clock read for the pick and the request count.
+        let now_ms = self.proxy.upstreams.now_ms();
         if let Some(t) = self.proxy.tracing.get() {
             let ctx = self.ctx();
             if let Some(trace) = ctx.trace.as_mut() {
                 t.start_attempt(trace, &ctx.head.method, attempt);
             }
         }
-        let endpoint = match self.pick(cluster, attempt, previous, now.as_millis() as u64) {
+        let endpoint = match self.pick(cluster, attempt, previous, now_ms) {
             Ok(Some(e)) => e,
             Ok(None) => {
                 return Err(Box::new(Outcome::Local(local(
@@ -306,7 +306,7 @@ impl Run<'_> {
         };
         self.endpoint = Some(endpoint.clone());
         if attempt == 1 {
-            cluster.requests.record(now.as_secs());
+            cluster.requests.record(now_ms / 1_000);
         }
         if let Some(trace) = self.ctx().trace.as_mut() {
             trace::attempt_endpoint(trace, &cluster.name, &endpoint);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::pool::{self, ConnStats, Conns, PoolSettings};
+use crate::clock::CoarseSince;
 use crate::config::{ClusterConfig, EndpointSpec};
 use crate::telemetry::{Collector, Histogram, escape};
 
@@ -357,7 +358,8 @@ pub struct Upstreams {
     clusters: ArcSwap<FastMap<String, Arc<Cluster>>>,
     by_id: RwLock<FastMap<u32, Arc<Endpoint>>>,
     next_id: AtomicU32,
-    start: Instant,
+    /// The host's start, on the coarse clock.
+    clock: CoarseSince,
 }
 
 impl Upstreams {
@@ -366,23 +368,19 @@ impl Upstreams {
             clusters: ArcSwap::from_pointee(FastMap::default()),
             by_id: RwLock::new(FastMap::default()),
             next_id: AtomicU32::new(1),
-            start,
+            clock: CoarseSince::new(start),
         }
     }
 
-    /// Host-monotonic time: since the host started.
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    /// Host-monotonic milliseconds.
+    /// Host-monotonic milliseconds, by the coarse clock (within a tick of
+    /// `monotonic-ns` / 1e6): ejections, the pick's `now-ms`.
     pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
-    /// Host-monotonic whole seconds (as filters see `monotonic-ns` / 1e9).
+    /// Host-monotonic whole seconds (as filters see `monotonic-ns` / 1e9, within a tick).
     pub fn now_secs(&self) -> u64 {
-        self.start.elapsed().as_secs()
+        self.now_ms() / 1_000
     }
 
     pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -31,10 +31,17 @@ use tokio::net::TcpStream;
 use super::body::UpBody;
 use super::cluster::Endpoint;
 use super::h1::{self, H1Error, Wire};
+use crate::clock::coarse_ms;
 use crate::http1::RawHead;
 
 /// How long an unused keep-alive connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Whether a connection put back at `since` has been idle for [`IDLE_TIMEOUT`] at `now`
+/// (coarse ms: a tick is nothing against 90 s).
+fn idle_too_long(since: u64, now: u64) -> bool {
+    now.saturating_sub(since) >= IDLE_TIMEOUT.as_millis() as u64
+}
 
 /// A cluster's connection counts.
 #[derive(Default, Debug)]
@@ -59,8 +66,8 @@ pub struct Conns(Mutex<Idle>);
 
 #[derive(Default)]
 struct Idle {
-    /// HTTP/1.1 connections, oldest first.
-    http1: VecDeque<(h1::Conn, Instant)>,
+    /// HTTP/1.1 connections, oldest first, each with when it was put back (coarse ms).
+    http1: VecDeque<(h1::Conn, u64)>,
     /// The HTTP/2 connection every request to the endpoint shares.
     http2: Option<http2::SendRequest<UpBody>>,
 }
@@ -73,8 +80,9 @@ impl Conns {
     /// The most recently used HTTP/1.1 connection that is still open.
     fn take_http1(&self) -> Option<h1::Conn> {
         let mut idle = self.lock();
+        let now = coarse_ms();
         while let Some((conn, since)) = idle.http1.pop_back() {
-            if since.elapsed() >= IDLE_TIMEOUT {
+            if idle_too_long(since, now) {
                 // The rest are older still.
                 idle.http1.clear();
                 return None;
@@ -94,7 +102,7 @@ impl Conns {
         while idle.http1.len() >= max_idle {
             idle.http1.pop_front();
         }
-        idle.http1.push_back((conn, Instant::now()));
+        idle.http1.push_back((conn, coarse_ms()));
     }
 
     fn shared_http2(&self) -> Option<http2::SendRequest<UpBody>> {
@@ -106,8 +114,9 @@ impl Conns {
     /// endpoint, and HTTP/2 ones the endpoint closed.
     pub fn sweep(&self) {
         let mut idle = self.lock();
+        let now = coarse_ms();
         idle.http1
-            .retain(|(conn, since)| !conn.is_stale() && since.elapsed() < IDLE_TIMEOUT);
+            .retain(|(conn, since)| !conn.is_stale() && !idle_too_long(*since, now));
         if idle.http2.as_ref().is_some_and(|tx| tx.is_closed()) {
             idle.http2 = None;
         }
@@ -406,6 +415,8 @@ impl Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
     use crate::upstream::Upstreams;
 
