@@ -130,6 +130,43 @@ impl RequestCtx {
         }
     }
 
+    /// This context made over for the next request of the same connection, in the allocation
+    /// it has (no new box, its variables' room kept): every field is set again.
+    pub fn reuse(&mut self, head: http::request::Parts, client: SocketAddr, request_id: RequestId) {
+        // Named one by one (no `..`): a field added later must be set here too.
+        let RequestCtx {
+            head: h,
+            raw,
+            client: c,
+            cluster,
+            per_try_timeout,
+            request_id: id,
+            vars,
+            response,
+            trace,
+        } = self;
+        *h = head;
+        *raw = None;
+        *c = client;
+        *cluster = None;
+        *per_try_timeout = None;
+        *id = request_id;
+        vars.clear();
+        *response = None;
+        *trace = None;
+    }
+
+    /// Lets go of what the request held (its head's buffers, its spans), keeping the
+    /// allocation for [`reuse`](Self::reuse).
+    pub fn release(&mut self) {
+        self.head = http::Request::new(()).into_parts().0;
+        self.raw = None;
+        self.cluster = None;
+        self.vars.clear();
+        self.response = None;
+        self.trace = None;
+    }
+
     /// The path with its query, as sent upstream (`/` when the target has none).
     pub fn path(&self) -> &str {
         self.head.uri.path_and_query().map_or("/", |p| p.as_str())
@@ -174,5 +211,54 @@ impl RequestCtx {
             self.head.headers = raw.to_map();
         }
         &mut self.head.headers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(target: &str) -> http::request::Parts {
+        http::Request::get(target)
+            .header("x-a", "1")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn a_reused_context_holds_nothing_of_the_request_before() {
+        let client: SocketAddr = "127.0.0.1:4000".parse().expect("address");
+        let mut ctx = Box::new(RequestCtx::new(
+            parts("/first?q=1"),
+            client,
+            RequestId::hex(1),
+        ));
+        ctx.cluster = Some("api".into());
+        ctx.per_try_timeout = Some(Duration::from_millis(5));
+        ctx.vars.push(("f".into(), "k".into(), "v".into()));
+        ctx.response = Some(ResponseHead {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+        });
+        let room = ctx.vars.capacity();
+
+        ctx.release();
+        assert_eq!(ctx.path(), "/", "the head is let go");
+        assert!(ctx.head.headers.is_empty() && ctx.cluster.is_none() && ctx.vars.is_empty());
+        assert!(ctx.response.is_none() && ctx.trace.is_none() && ctx.raw.is_none());
+
+        let other: SocketAddr = "127.0.0.1:5000".parse().expect("address");
+        ctx.reuse(parts("/second"), other, RequestId::hex(2));
+        let fresh = RequestCtx::new(parts("/second"), other, RequestId::hex(2));
+        assert_eq!(ctx.path(), fresh.path());
+        assert_eq!(ctx.header("x-a"), fresh.header("x-a"));
+        assert_eq!(ctx.client, fresh.client);
+        assert_eq!(ctx.request_id, fresh.request_id);
+        assert_eq!(ctx.cluster, fresh.cluster);
+        assert_eq!(ctx.per_try_timeout, fresh.per_try_timeout);
+        assert!(ctx.vars.is_empty() && ctx.response.is_none() && ctx.trace.is_none());
+        assert_eq!(ctx.vars.capacity(), room, "the variables' room is kept");
     }
 }

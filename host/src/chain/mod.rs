@@ -51,19 +51,26 @@ pub struct Site {
 /// attempt is put into the wheel and taken out again every time.
 pub type AttemptTimer = Pin<Box<tokio::time::Sleep>>;
 
+/// What an HTTP/1.1 connection lends each of its requests in turn, given back with the
+/// response: the [`AttemptTimer`] and the request context's allocation (released: it holds
+/// nothing of the request it served). HTTP/2 streams, which run side by side, lend nothing
+/// (`Lent::default()`): each attempt makes its own timer, each request its own context.
+#[derive(Default)]
+pub struct Lent {
+    pub timer: Option<AttemptTimer>,
+    pub ctx: Option<Box<RequestCtx>>,
+}
+
 /// Answers one downstream request. Never fails: every error becomes a
 /// local response.
-///
-/// `timer` is the connection's [`AttemptTimer`], given back with the response; without one
-/// (`None`: HTTP/2 streams, which run side by side) each attempt makes its own.
 pub async fn handle(
     proxy: &Arc<Proxy>,
     site: &Site,
     req: Request<RequestBody>,
     raw: Option<RawHead>,
     client: SocketAddr,
-    timer: Option<AttemptTimer>,
-) -> (Response<DownBody>, Option<AttemptTimer>) {
+    lent: Lent,
+) -> (Response<DownBody>, Lent) {
     let start = Instant::now();
     // One snapshot for the whole request: a hot swap during it does not
     // change the filters it runs through.
@@ -71,7 +78,7 @@ pub async fn handle(
     let Some(chain) = runtime.chains.get(&site.name).cloned() else {
         return (
             local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n"),
-            timer,
+            lent,
         );
     };
     let (parts, body) = req.into_parts();
@@ -92,7 +99,13 @@ pub async fn handle(
         )
     });
     let tracing = proxy.tracing.get();
-    let mut ctx = Box::new(RequestCtx::new(parts, client, request_id));
+    let mut ctx = match lent.ctx {
+        Some(mut ctx) => {
+            ctx.reuse(parts, client, request_id);
+            ctx
+        }
+        None => Box::new(RequestCtx::new(parts, client, request_id)),
+    };
     ctx.raw = raw;
     if let Some(t) = tracing {
         // The trace context and attributes are read from the map.
@@ -107,7 +120,7 @@ pub async fn handle(
         attempts: 0,
         endpoint: None,
         cluster: None,
-        timer,
+        timer: lent.timer,
     };
     let (status, resp) = run.respond(body).await;
     let duration = start.elapsed();
@@ -139,7 +152,10 @@ pub async fn handle(
             });
         }
     }
-    (resp, timer)
+    if let Some(ctx) = ctx.as_mut() {
+        ctx.release();
+    }
+    (resp, Lent { timer, ctx })
 }
 
 struct Run<'a> {

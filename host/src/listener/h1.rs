@@ -45,6 +45,8 @@ use crate::upstream::{BoxError, DownBody};
 const READ_CHUNK: usize = 8 * 1024;
 /// Response bytes gathered before a write.
 const COALESCE_BYTES: usize = 16 * 1024;
+/// The largest response buffer a connection keeps between requests.
+const KEEP_OUT_BYTES: usize = 4 * 1024;
 /// How an HTTP/2 connection with prior knowledge opens.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -189,6 +191,12 @@ pub(super) async fn serve(
     // The per-try deadline's timer, lent to each request (`chain::AttemptTimer`) and given
     // back with the chain's state.
     let mut timer = None;
+    // The request context's allocation, likewise.
+    let mut ctx = None;
+    // Where each response's head (and the start of its body) is gathered before it is
+    // written: kept from one response to the next (no allocation per request) while the
+    // connection is busy, let go with the chain's state.
+    let mut out = Vec::new();
     loop {
         let Some(r) = reader.as_mut() else {
             return Ended::Closed;
@@ -197,6 +205,8 @@ pub(super) async fn serve(
             .next_head(r, limits, first, &mut || {
                 chain_slot = None;
                 timer = None;
+                ctx = None;
+                out = Vec::new();
             })
             .await
         {
@@ -251,14 +261,17 @@ pub(super) async fn serve(
         let req = Request::from_parts(parts, body);
         // In a slot of its own, not inline: the chain's state would otherwise weigh on every
         // idle connection.
-        let lent = timer
-            .take()
-            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())));
-        let (resp, back_timer) = placed(&mut chain_slot, || {
-            crate::chain::handle(proxy, site, req, raw, peer, Some(lent))
+        let lent = crate::chain::Lent {
+            timer: Some(timer.take().unwrap_or_else(|| {
+                Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()))
+            })),
+            ctx: ctx.take(),
+        };
+        let (resp, returned) = placed(&mut chain_slot, || {
+            crate::chain::handle(proxy, site, req, raw, peer, lent)
         })
         .await;
-        timer = back_timer;
+        (timer, ctx) = (returned.timer, returned.ctx);
         if let Some(mut back) = back {
             // A body not read to its end leaves the connection where no head can be found.
             match back.try_recv() {
@@ -266,7 +279,12 @@ pub(super) async fn serve(
                 Err(_) => keep_alive = false,
             }
         }
-        match write_response(&mut wr, resp, is_head, http10, keep_alive).await {
+        let written = write_response(&mut wr, &mut out, resp, is_head, http10, keep_alive).await;
+        if out.capacity() > KEEP_OUT_BYTES {
+            // A large body went through: its buffer is not kept for the next small one.
+            out = Vec::new();
+        }
+        match written {
             Ok(true) => {}
             Ok(false) | Err(_) => {
                 let _ = wr.shutdown().await;
@@ -565,9 +583,11 @@ enum Out {
     Close,
 }
 
-/// Writes the response: `Ok(true)` when the connection can take another request.
+/// Writes the response, gathered in `out` (cleared first): `Ok(true)` when the connection
+/// can take another request.
 async fn write_response(
     wr: &mut OwnedWriteHalf,
+    out: &mut Vec<u8>,
     resp: Response<DownBody>,
     is_head: bool,
     http10: bool,
@@ -589,15 +609,16 @@ async fn write_response(
         }
     };
     let keep_alive = keep_alive && out_framing != Out::Close;
-    let mut out = Vec::with_capacity(256);
-    status_line(&mut out, status);
+    out.clear();
+    out.reserve(256);
+    status_line(out, status);
     // A HEAD or 304 response's `content-length` says what the body would be; elsewhere the
     // body decides.
     let keep_length = no_body && status != StatusCode::NO_CONTENT;
     let (mut has_length, mut has_date) = (false, false);
     if let Some(head) = body.take_head() {
         // An HTTP/1.1 endpoint's headers, as it sent them, without those for its hop.
-        head.write_lines(&mut out, |_, _, role| match role {
+        head.write_lines(out, |_, _, role| match role {
             Role::ContentLength if keep_length => {
                 has_length = true;
                 true
@@ -629,14 +650,14 @@ async fn write_response(
             }
             has_length = true;
         }
-        http1::push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        http1::push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match out_framing {
-        Out::Length(n) => push_length(&mut out, n),
+        Out::Length(n) => push_length(out, n),
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Out::None if is_head && !has_length => {
             if let Some(n) = body.size_hint().exact().filter(|&n| n > 0) {
-                push_length(&mut out, n);
+                push_length(out, n);
             }
         }
         Out::None | Out::Close => {}
@@ -647,11 +668,11 @@ async fn write_response(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     if !has_date {
-        push_date(&mut out);
+        push_date(out);
     }
     out.extend_from_slice(b"\r\n");
     if out_framing == Out::None {
-        wr.write_all(&out).await?;
+        wr.write_all(out).await?;
         return Ok(keep_alive);
     }
     let complete = write_body(wr, out, body, out_framing).await?;
@@ -669,7 +690,7 @@ fn push_length(out: &mut Vec<u8>, n: u64) {
 /// so the connection closes.
 async fn write_body(
     wr: &mut OwnedWriteHalf,
-    mut out: Vec<u8>,
+    out: &mut Vec<u8>,
     body: DownBody,
     framing: Out,
 ) -> io::Result<bool> {
@@ -682,7 +703,7 @@ async fn write_body(
             Poll::Ready(f) => f,
             Poll::Pending => {
                 if !out.is_empty() {
-                    wr.write_all(&out).await?;
+                    wr.write_all(out).await?;
                     out.clear();
                 }
                 poll_fn(|cx| body.as_mut().poll_frame(cx)).await
@@ -693,7 +714,7 @@ async fn write_body(
             Some(Ok(f)) => f,
             Some(Err(e)) => {
                 tracing::debug!("response body failed: {e}");
-                wr.write_all(&out).await?;
+                wr.write_all(out).await?;
                 return Ok(false);
             }
         };
@@ -711,17 +732,17 @@ async fn write_body(
         if let Out::Length(n) = framing
             && sent > n
         {
-            wr.write_all(&out).await?;
+            wr.write_all(out).await?;
             return Ok(false);
         }
         if framing == Out::Chunked {
-            http1::push_hex(&mut out, data.len() as u64);
+            http1::push_hex(out, data.len() as u64);
             out.extend_from_slice(b"\r\n");
         }
         if out.len() + data.len() <= COALESCE_BYTES {
             out.extend_from_slice(&data);
         } else {
-            wr.write_all(&out).await?;
+            wr.write_all(out).await?;
             out.clear();
             wr.write_all(&data).await?;
         }
@@ -729,7 +750,7 @@ async fn write_body(
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= COALESCE_BYTES {
-            wr.write_all(&out).await?;
+            wr.write_all(out).await?;
             out.clear();
         }
     }
@@ -738,7 +759,7 @@ async fn write_body(
         Out::Chunked => {
             out.extend_from_slice(b"0\r\n");
             for (name, value) in trailers.iter().flatten() {
-                http1::push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+                http1::push_header(out, name.as_str().as_bytes(), value.as_bytes());
             }
             out.extend_from_slice(b"\r\n");
             true
@@ -746,7 +767,7 @@ async fn write_body(
         Out::Close | Out::None => true,
     };
     if !out.is_empty() {
-        wr.write_all(&out).await?;
+        wr.write_all(out).await?;
     }
     Ok(complete)
 }

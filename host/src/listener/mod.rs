@@ -136,7 +136,8 @@ async fn serve_http2(
         Box::pin(async move {
             active.fetch_add(1, Ordering::AcqRel);
             let req = req.map(RequestBody::H2);
-            let (resp, _) = crate::chain::handle(&proxy, &name, req, None, peer, None).await;
+            let (resp, _) =
+                crate::chain::handle(&proxy, &name, req, None, peer, Default::default()).await;
             active.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(resp)
         })

@@ -321,7 +321,7 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP spindle_filter_call_duration_seconds Duration of filter hook calls (one call in 8 is timed), by filter and hook.\n");
+        out.push_str("# HELP spindle_filter_call_duration_seconds Duration of filter hook calls (one call in 32 is timed), by filter and hook.\n");
         out.push_str("# TYPE spindle_filter_call_duration_seconds histogram\n");
         for f in lock(&self.filters).values() {
             for (hook, h) in HOOK_NAMES.iter().zip(f.calls.iter()) {

@@ -532,7 +532,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Hook calls are timed for `spindle_filter_call_duration_seconds` one in
 /// this many (the first of each filter version included).
-pub const TIMING_SAMPLE: u64 = 8;
+pub const TIMING_SAMPLE: u64 = 32;
 
 /// The most times a call's deadline is extended because its thread did not
 /// run (a starved machine): past that the call fails even so.
