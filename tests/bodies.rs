@@ -24,8 +24,9 @@ async fn large_bodies_go_through_both_ways() {
         a.echo();
         let sp = Spindle::start(&config(), &[&a]).await;
         let client = Client::new();
-        // Small (buffered, replayable), and larger than `retry_buffer_bytes` (streamed).
-        for len in [10, 200_000, 2_000_000] {
+        // Small (buffered, replayable), and larger than `retry_buffer_bytes` (streamed); a
+        // small one again after the large ones, on the same keep-alive connection as they.
+        for len in [10, 200_000, 2_000_000, 10] {
             let body = pattern(len);
             let resp = client
                 .request(
@@ -41,7 +42,7 @@ async fn large_bodies_go_through_both_ways() {
             assert_eq!(a.seen().last().unwrap().body.as_ref(), &body[..]);
             assert_eq!(resp.body.len(), String::from_utf8_lossy(&body).len());
         }
-        // The same upstream connection served all three.
+        // The same upstream connection served all four.
         let opened = sp
             .metric(
                 "spindle_upstream_connections_opened_total",
