@@ -1,10 +1,12 @@
 //! The wasmtime engine: pooling allocator, epoch ticker for call deadlines,
 //! and the on-disk cache of precompiled components.
 
+use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -14,53 +16,137 @@ use super::bindings::SpindleFilter;
 use super::host::HostState;
 use crate::config::MAX_MEMORY_MB;
 
-/// How often the epoch advances while a guest call may be running: the unit of per-call
-/// deadlines.
+/// How often the epoch advances while a guest call runs: the unit of per-call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// How long the idle ticker sleeps before it looks whether its engine is gone.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long the ticker sleeps between looks while calls come and go but none is running when
+/// it looks: how late it may notice a call that has begun.
+pub const WATCH_STEP: Duration = Duration::from_millis(5);
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] while a guest call's deadline lies ahead,
-/// and sleeps when none does: an idle host does not wake a thousand times a second.
+/// How long without a call before the ticker parks (the next call wakes it): calls further
+/// apart than this each wake the ticker (a futex wake), closer ones find it watching.
+const IDLE_AFTER: Duration = Duration::from_millis(100);
+
+/// How long the parked ticker sleeps before it looks whether its engine is gone (and, should a
+/// call's wake-up have crossed its going to sleep, whether a call runs).
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a guest call is running, and only
+/// then: under load, calls last microseconds, and a ticker that ticked as long as some call's
+/// deadline lay ahead woke a thousand times a second on the serving core.
 ///
-/// Every call (and every deadline extension) says how many ticks its deadline is away through
-/// [`EpochTicker::cover`]; the ticker runs at least until then. Under load that costs each call
-/// two atomic loads and, about once per tick, one `fetch_max`; the first call after a quiet
-/// spell also wakes the ticker thread.
+/// A call's deadline is the epoch when it starts plus its limit in ticks. The epoch moves only
+/// while some call runs, one tick per [`EPOCH_TICK`] at least: no call is stopped before its
+/// limit has passed. Each thread counts the calls it starts and finishes ([`Running`], two
+/// stores to its own counters); the ticker looks at the counts every [`WATCH_STEP`] while calls
+/// come and go, ticks while one runs, and parks after [`IDLE_AFTER`] without any (the next
+/// call wakes it). A call that spins is noticed within a [`WATCH_STEP`], then stopped a tick
+/// after its deadline.
 #[derive(Debug, Default)]
 pub struct EpochTicker {
     /// Ticks so far: the engine's epoch (only the ticker thread writes it).
     epoch: AtomicU64,
-    /// The ticker goes on while `epoch` is below this.
-    until: AtomicU64,
+    /// Each thread's calls through this ticker's engine.
+    threads: Mutex<Vec<Arc<ThreadCalls>>>,
     /// The ticker thread sleeps for want of calls.
     parked: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
 }
 
-impl EpochTicker {
-    /// Keeps the epoch advancing for at least `ticks` more ticks: a deadline set `ticks` ahead
-    /// now is reached.
-    #[inline]
-    pub fn cover(&self, ticks: u64) {
-        // One more: the engine's epoch may be a tick ahead of the mirror read here.
-        let want = self.epoch.load(Ordering::Relaxed) + ticks + 1;
-        if self.until.load(Ordering::Relaxed) >= want {
-            return;
+/// One thread's guest calls: each count is written only by that thread.
+#[derive(Debug, Default)]
+struct ThreadCalls {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// This thread's counts and the ticker they are registered with (one engine per process: set
+/// once per thread; a call through another engine's ticker moves them there).
+struct Registration {
+    ticker: Weak<EpochTicker>,
+    calls: Arc<ThreadCalls>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.upgrade() {
+            lock(&t.threads).retain(|c| !Arc::ptr_eq(c, &self.calls));
         }
-        let before = self.until.fetch_max(want, Ordering::SeqCst);
-        if before < want
-            && self.parked.load(Ordering::SeqCst)
+    }
+}
+
+thread_local! {
+    static CALLS: RefCell<Option<Registration>> = const { RefCell::new(None) };
+}
+
+/// A guest call in progress on this thread (see [`EpochTicker::running`]); it ends when
+/// dropped, on the same thread.
+#[must_use]
+pub struct Running(PhantomData<*const ()>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        CALLS.with(|c| {
+            if let Some(r) = c.borrow().as_ref() {
+                let n = r.calls.finished.load(Ordering::Relaxed);
+                r.calls.finished.store(n + 1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EpochTicker {
+    /// Marks a guest call running on this thread until the guard drops: the epoch advances
+    /// meanwhile, so that the call's deadline comes.
+    #[inline]
+    pub fn running(self: &Arc<Self>) -> Running {
+        CALLS.with(|c| {
+            let mut c = c.borrow_mut();
+            if !c
+                .as_ref()
+                .is_some_and(|r| std::ptr::eq(r.ticker.as_ptr(), Arc::as_ptr(self)))
+            {
+                let calls = Arc::new(ThreadCalls::default());
+                lock(&self.threads).push(calls.clone());
+                *c = Some(Registration {
+                    ticker: Arc::downgrade(self),
+                    calls,
+                });
+            }
+            if let Some(r) = c.as_ref() {
+                let n = r.calls.started.load(Ordering::Relaxed);
+                r.calls.started.store(n + 1, Ordering::Relaxed);
+            }
+        });
+        if self.parked.load(Ordering::SeqCst)
             && let Some(t) = self.thread.get()
         {
             t.unpark();
         }
+        Running(PhantomData)
     }
 
     /// Ticks done so far.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Calls started over every thread (a sum that changes when calls come), and whether one
+    /// runs now.
+    fn calls(&self) -> (u64, bool) {
+        let threads = lock(&self.threads);
+        let mut started_all = 0u64;
+        let mut running = false;
+        for t in threads.iter() {
+            let started = t.started.load(Ordering::Relaxed);
+            running |= started != t.finished.load(Ordering::Relaxed);
+            started_all = started_all.wrapping_add(started);
+        }
+        (started_all, running)
     }
 
     /// Starts the thread that advances `engine`'s epoch; it ends soon after the engine does.
@@ -70,21 +156,31 @@ impl EpochTicker {
         let handle = std::thread::Builder::new()
             .name("spindle-epoch".into())
             .spawn(move || {
+                let mut seen = 0u64;
+                let mut quiet_since = std::time::Instant::now();
                 while let Some(engine) = weak.upgrade() {
-                    let epoch = me.epoch.load(Ordering::Relaxed);
-                    if epoch < me.until.load(Ordering::SeqCst) {
+                    let (started, running) = me.calls();
+                    if running {
                         engine.increment_epoch();
-                        me.epoch.store(epoch + 1, Ordering::Relaxed);
+                        me.epoch.fetch_add(1, Ordering::Relaxed);
                         drop(engine);
                         std::thread::sleep(EPOCH_TICK);
                         continue;
                     }
                     drop(engine);
-                    // Parked is announced before the last look at `until`: a `cover` after
+                    if started != seen {
+                        seen = started;
+                        quiet_since = std::time::Instant::now();
+                    }
+                    if quiet_since.elapsed() < IDLE_AFTER {
+                        std::thread::sleep(WATCH_STEP);
+                        continue;
+                    }
+                    // Parked is announced before the last look at the counts: a call after
                     // that look sees it and wakes the thread (an unpark before the park makes
                     // the park return at once).
                     me.parked.store(true, Ordering::SeqCst);
-                    if me.epoch.load(Ordering::Relaxed) >= me.until.load(Ordering::SeqCst) {
+                    if me.calls() == (seen, false) {
                         std::thread::park_timeout(IDLE_CHECK);
                     }
                     me.parked.store(false, Ordering::SeqCst);
@@ -269,34 +365,62 @@ mod tests {
     }
 
     #[test]
-    fn the_epoch_advances_only_while_a_deadline_is_ahead() {
+    fn the_epoch_advances_only_while_a_call_runs() {
         let e = WasmEngine::new(None).expect("engine");
+        let wait_for = |epoch: u64, what: &str| {
+            let start = std::time::Instant::now();
+            while e.ticker.epoch() < epoch {
+                assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
         // No call yet: the ticker sleeps.
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(e.ticker.epoch(), 0);
-        e.ticker.cover(5);
-        let start = std::time::Instant::now();
-        while e.ticker.epoch() < 5 {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "the ticker did not wake"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // Past the covered ticks it stops again.
-        std::thread::sleep(Duration::from_millis(30));
+        let running = e.ticker.running();
+        wait_for(5, "the ticker did not wake for a call");
+        drop(running);
+        // The call is over: the epoch stops (within a tick of the ticker's last look).
+        std::thread::sleep(WATCH_STEP * 2);
         let settled = e.ticker.epoch();
-        assert!(settled <= 6, "ticked past the cover: {settled}");
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(e.ticker.epoch(), settled);
-        // A second cover wakes it once more.
-        e.ticker.cover(3);
-        while e.ticker.epoch() < settled + 3 {
+        std::thread::sleep(WATCH_STEP * 6);
+        assert_eq!(e.ticker.epoch(), settled, "ticked with no call running");
+        // A call in another thread moves it again, a tick a millisecond at most.
+        let ticker = e.ticker.clone();
+        std::thread::spawn(move || {
+            let _running = ticker.running();
+            std::thread::sleep(Duration::from_millis(40));
+        })
+        .join()
+        .expect("the calling thread");
+        assert!(
+            e.ticker.epoch() >= settled + 10,
+            "40 ms of a call took the epoch from {settled} to {}",
+            e.ticker.epoch()
+        );
+        // That thread's counts left with it.
+        assert_eq!(lock(&e.ticker.threads).len(), 1);
+    }
+
+    #[test]
+    fn the_ticker_parks_after_a_quiet_spell_and_a_call_wakes_it() {
+        let e = WasmEngine::new(None).expect("engine");
+        drop(e.ticker.running());
+        let start = std::time::Instant::now();
+        while !e.ticker.parked.load(Ordering::SeqCst) {
+            assert!(start.elapsed() < Duration::from_secs(5), "never parked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = e.ticker.epoch();
+        let running = e.ticker.running();
+        let woke = std::time::Instant::now();
+        while e.ticker.epoch() < before + 3 {
             assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "the ticker did not wake again"
+                woke.elapsed() < Duration::from_secs(5),
+                "the call did not wake it"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
+        drop(running);
     }
 }

@@ -228,21 +228,16 @@ impl FilterModule {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
         let interval = self.spec.call_timeout_ms.max(1);
-        let ticker = self.ticker.clone();
         store.epoch_deadline_callback(move |mut cx| {
-            let next = deadline_passed(&mut cx.data_mut().deadline, interval);
-            if next.is_ok() {
-                ticker.cover(interval);
-            }
-            next
+            deadline_passed(&mut cx.data_mut().deadline, interval)
         });
-        self.ticker.cover(interval * 10);
+        // Instantiation (start functions) and `init` run guest code too.
+        let _running = self.ticker.running();
         store.set_epoch_deadline(interval * 10);
         let bindings = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| InstantiateError::Failed(format!("{e:#}")))?;
-        self.ticker.cover(interval * 10);
         store.set_epoch_deadline(interval * 10);
         let declared = bindings
             .spindle_filter_filter()
@@ -308,8 +303,8 @@ impl FilterModule {
 
     /// Runs one guest call with the request bound to a checked-out instance.
     ///
-    /// Deadlines are wall-clock epochs, checked against CPU time: see
-    /// [`deadline_passed`].
+    /// Deadlines are epochs, ticked every millisecond while a call runs (see
+    /// [`EpochTicker`]), checked against CPU time: see [`deadline_passed`].
     fn call<R>(
         &self,
         hook: usize,
@@ -333,9 +328,10 @@ impl FilterModule {
         data.req = req.take();
         data.deadline = DeadlineWatch::default();
         let ticks = self.spec.call_timeout_ms.max(1);
-        self.ticker.cover(ticks);
         slot.store.set_epoch_deadline(ticks);
+        let running = self.ticker.running();
         let result = f(&mut slot);
+        drop(running);
         *req = slot.store.data_mut().req.take();
         if let Some(c) = self.metrics.call_counts.get(hook) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -433,7 +429,6 @@ impl FilterModule {
                     .collect();
                 // Rebuilding a balancer's structures (a hash ring over 1,000
                 // endpoints takes milliseconds) gets init's deadline, not a pick's.
-                self.ticker.cover(timeout_ms * 10);
                 s.store.set_epoch_deadline(timeout_ms * 10);
                 s.bindings.spindle_filter_filter().call_endpoints_changed(
                     &mut s.store,
