@@ -188,11 +188,9 @@ pub(super) async fn serve(
     // cache keeps, so it is allocated at the connection's first request and reused for the
     // next ones, and given back once the connection idles for a tick.
     let mut chain_slot = None;
-    // The per-try deadline's timer, lent to each request (`chain::AttemptTimer`) and given
-    // back with the chain's state.
-    let mut timer = None;
-    // The request context's allocation, likewise.
-    let mut ctx = None;
+    // The per-try deadline's timer and the request context's allocation, lent to each request
+    // (`chain::Lent`) and given back with the response; let go with the chain's state.
+    let mut lent = crate::chain::Lent::default();
     // Where each response's head (and the start of its body) is gathered before it is
     // written: kept from one response to the next (no allocation per request) while the
     // connection is busy, let go with the chain's state.
@@ -204,8 +202,7 @@ pub(super) async fn serve(
         let head = match waiting
             .next_head(r, limits, first, &mut || {
                 chain_slot = None;
-                timer = None;
-                ctx = None;
+                lent = Default::default();
                 out = Vec::new();
             })
             .await
@@ -261,17 +258,15 @@ pub(super) async fn serve(
         let req = Request::from_parts(parts, body);
         // In a slot of its own, not inline: the chain's state would otherwise weigh on every
         // idle connection.
-        let lent = crate::chain::Lent {
-            timer: Some(timer.take().unwrap_or_else(|| {
-                Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()))
-            })),
-            ctx: ctx.take(),
-        };
+        let mut given = std::mem::take(&mut lent);
+        given
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())));
         let (resp, returned) = placed(&mut chain_slot, || {
-            crate::chain::handle(proxy, site, req, raw, peer, lent)
+            crate::chain::handle(proxy, site, req, raw, peer, given)
         })
         .await;
-        (timer, ctx) = (returned.timer, returned.ctx);
+        lent = returned;
         if let Some(mut back) = back {
             // A body not read to its end leaves the connection where no head can be found.
             match back.try_recv() {

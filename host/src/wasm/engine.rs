@@ -15,6 +15,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use super::bindings::SpindleFilter;
 use super::host::HostState;
 use crate::config::MAX_MEMORY_MB;
+use crate::telemetry::lock;
 
 /// How often the epoch advances while a guest call runs: the unit of per-call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -93,10 +94,6 @@ impl Drop for Running {
             }
         });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl EpochTicker {
