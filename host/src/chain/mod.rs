@@ -336,7 +336,14 @@ impl Run<'_> {
             Err(outcome) => return *outcome,
         };
         let limit = self.chain.retry_buffer_bytes;
-        let mut body = match buffer(body, limit).await {
+        // Without a body (most requests) the reading future is not built: its state would be
+        // one more part of the chain's future touched per request.
+        let read = if body.is_end_stream() {
+            Ok(ReqBody::Replayable(Bytes::new()))
+        } else {
+            buffer(body, limit).await
+        };
+        let mut body = match read {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::Local(local(
