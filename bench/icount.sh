@@ -16,16 +16,17 @@
 # valgrind, python3, nginx and haproxy (`make bench-deps`). About 5 minutes.
 #
 # Environment: LOW [1000], HIGH [3000], CHAINS ["2 4"], CONNS [2: the keep-alive connections the
-# requests take turns on; each proxy's state per connection is cold again at its turn when many do], COMPARE ["nginx haproxy"; empty: none],
+# requests take turns on], COMPARE ["nginx haproxy"; empty: none],
 # PROFILE [empty; a file: one more 4-filter run of HIGH requests whose callgrind profile, warm-up
 # and start-up left out, is written there for `callgrind_annotate`, the filters' compiled functions
 # named through wasmtime's perf map (SPINDLE_WASM_PERFMAP=1, bench/perfmap_names.py)],
 # CACHESIM [empty; 1: callgrind also simulates the caches and branch predictors
 # (--cache-sim=yes --branch-sim=yes) and every event is reported per request: instruction and
 # data reads and writes, first-level instruction and data misses (I1mr, D1mr, D1mw), last-level
-# misses, conditional and indirect branches and their mispredictions. A model of a generic
-# machine, not of this one: it says where a proxy touches more code and data per request, which
-# costs cycles where the instruction count does not show it. About 3 times as slow.]
+# misses, conditional and indirect branches and their mispredictions. The simulated caches take
+# the sizes of this machine's; a model, not a measurement: it says where a proxy touches more code
+# and data per request, which costs cycles where the instruction count does not show it. About 3
+# times as slow.]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
