@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use spindle_tests::config::{cluster, filter, head, round_robin, router_all_to};
-use spindle_tests::{Client, Spindle, Upstream, bounded};
+use spindle_tests::{Client, Connection, Spindle, Upstream, bounded};
 
 const RETRY_ON: &str = r#"retry_on = ["5xx", "connect-failure", "reset", "timeout"]"#;
 
@@ -234,21 +234,16 @@ async fn per_try_timeouts_hold_for_every_request_of_a_connection() {
             &[&up],
         )
         .await;
-        let client = Client::new();
-        let base = sp.url("edge");
-        let get = |i: u32| {
-            let url = format!("{base}/k/{i}");
-            let client = client.clone();
-            async move { client.get(&url, &[]).await }
-        };
+        // One pinned connection: a pooled client may open a second one between requests.
+        let mut conn = Connection::open(sp.listener_addr("edge")).await.unwrap();
         for i in 0..3 {
-            assert_eq!(get(i).await.unwrap().status, 200);
+            assert_eq!(conn.get(&format!("/k/{i}")).await.unwrap().status, 200);
         }
         // The timer's registered deadline is the last request's; this one's comes later.
         tokio::time::sleep(Duration::from_millis(200)).await;
         up.hold();
         let started = Instant::now();
-        let resp = get(3).await.unwrap();
+        let resp = conn.get("/k/3").await.unwrap();
         let took = started.elapsed();
         assert_eq!(resp.status, 504, "{resp:?}");
         assert!(
@@ -257,10 +252,10 @@ async fn per_try_timeouts_hold_for_every_request_of_a_connection() {
         );
         // After it fired, the timer is set again for the next request.
         up.ok();
-        assert_eq!(get(4).await.unwrap().status, 200);
+        assert_eq!(conn.get("/k/4").await.unwrap().status, 200);
         up.hold();
         let started = Instant::now();
-        assert_eq!(get(5).await.unwrap().status, 504);
+        assert_eq!(conn.get("/k/5").await.unwrap().status, 504);
         assert!(started.elapsed() >= Duration::from_millis(400));
         up.ok();
         assert_eq!(

@@ -1,6 +1,7 @@
-//! [`Client`]: a keep-alive HTTP client for tests, and [`Load`], a bounded concurrent load runner.
+//! [`Client`]: a keep-alive HTTP client for tests, [`Connection`]: one pinned connection, and [`Load`], a bounded concurrent load runner.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -8,9 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::Client as Legacy;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 /// How long one request may take before it counts as an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,22 +99,9 @@ impl Client {
                 .request(req)
                 .await
                 .map_err(|e| format!("{url}: {e:?}"))?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| format!("{url}: reading body: {e}"))?
-                .to_bytes();
-            Ok(Resp {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            })
+            read_response(url, resp).await
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, send).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("{url}: no response within {REQUEST_TIMEOUT:?}")),
-        }
+        within_timeout(url, send).await
     }
 
     /// `GET url` with extra headers.
@@ -120,6 +112,92 @@ impl Client {
     /// `POST url` with a body.
     pub async fn post(&self, url: &str, body: impl Into<Bytes>) -> Result<Resp, String> {
         self.request(Method::POST, url, &[], body).await
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection that every request goes on, one after the other: for tests
+/// that depend on the requests sharing a connection (a pooled [`Client`] may open a second one
+/// when the next request starts before the last connection is back in its pool).
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    driver: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl Connection {
+    /// Connects to `addr`.
+    pub async fn open(addr: SocketAddr) -> Result<Connection, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay {addr}: {e}"))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {addr}: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Connection {
+            sender,
+            driver,
+            addr,
+        })
+    }
+
+    /// `GET path` on this connection, fully read within [`REQUEST_TIMEOUT`]; an error if the
+    /// connection was closed.
+    pub async fn get(&mut self, path: &str) -> Result<Resp, String> {
+        let url = format!("http://{}{path}", self.addr);
+        let req = Request::builder()
+            .uri(path)
+            .header(http::header::HOST, self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("build request {url}: {e}"))?;
+        let send = async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| format!("{url}: connection closed: {e}"))?;
+            let resp = self
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{url}: {e:?}"))?;
+            read_response(&url, resp).await
+        };
+        within_timeout(&url, send).await
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+async fn read_response(url: &str, resp: http::Response<Incoming>) -> Result<Resp, String> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: reading body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+async fn within_timeout(
+    url: &str,
+    send: impl Future<Output = Result<Resp, String>>,
+) -> Result<Resp, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, send).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("{url}: no response within {REQUEST_TIMEOUT:?}")),
     }
 }
 

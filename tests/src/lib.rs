@@ -27,7 +27,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use client::{Client, Load, LoadReport, Resp};
+pub use client::{Client, Connection, Load, LoadReport, Resp};
 pub use metrics::{parse_metric, parse_series};
 pub use prometheus::Prometheus;
 pub use spindle::{Spindle, Workdir, run_spindle};
