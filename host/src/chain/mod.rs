@@ -746,11 +746,9 @@ impl ReqBody {
     }
 }
 
-/// Reads the body up to `limit` bytes; a larger one is streamed, not retried.
+/// Reads the body up to `limit` bytes; a larger one is streamed, not retried. (The caller
+/// handles a body already at its end without this future; given one, it returns it empty.)
 async fn buffer(mut body: RequestBody, limit: usize) -> Result<ReqBody, BoxError> {
-    if body.is_end_stream() {
-        return Ok(ReqBody::Replayable(Bytes::new()));
-    }
     if body.size_hint().lower() > limit as u64 {
         return Ok(ReqBody::Streaming(Some(UpBody::Stream {
             prefix: Default::default(),
