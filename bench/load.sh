@@ -22,6 +22,7 @@
 #   OTHER_BIN [empty]       another spindle binary (e.g. target/release/spindle beside the
 #                           profile-guided build): one more row, its 4-filter chain, in every round
 #   PERF [0]                1: one more 4-filter run under `perf record`, top symbols printed
+#   SYSCALLS [0]            1: `perf stat` counts each proxy's system calls per request in round 1
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,6 +43,7 @@ PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 RESULTS="${RESULTS-$ROOT/bench/RESULTS.md}"
 PERF="${PERF:-0}"
+SYSCALLS="${SYSCALLS:-0}"
 OTHER_BIN="${OTHER_BIN:-}"
 # Debian puts nginx and haproxy in /usr/sbin, which a non-login shell may not have on its PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -178,6 +180,38 @@ load() {
   grep -q '^BENCH ' "$out" || die "wrk printed no summary: $(cat "$out")"
 }
 
+# TCP segments sent in this network namespace so far (the absolute counter, without touching
+# nstat's history): on loopback that is every packet of the run, both ways.
+tcp_segments() {
+  nstat -asz TcpOutSegs 2>/dev/null | awk '$1 == "TcpOutSegs" { s = $2 } END { print s + 0 }'
+}
+
+# SYSCALLS=1: in the first round, `perf stat` counts the system calls of the proxy (the process
+# and its children: nginx's worker) over SYSCALL_WINDOW seconds of the measured run, one second
+# in; SYSCALL_PID is that perf's pid (empty when not counting).
+SYSCALL_WINDOW=3
+count_syscalls() {
+  SYSCALL_PID=""
+  [ "$SYSCALLS" = 1 ] && [ "$2" = 1 ] || return 0
+  local pids="$PROXY_PID" kids
+  kids="$(pgrep -P "$PROXY_PID" | paste -sd, || true)"
+  [ -n "$kids" ] && pids="$pids,$kids"
+  (
+    sleep 1
+    perf stat -e 'syscalls:sys_enter_*' -p "$pids" -o "$WORK/syscalls.$1" -- sleep "$SYSCALL_WINDOW"
+  ) &
+  SYSCALL_PID=$!
+}
+# syscalls_per_request TARGET WRK-OUTPUT: the counted calls per request (the window's requests
+# estimated from the run's rate), most frequent first, as "name count, ...".
+syscalls_per_request() {
+  local n
+  n="$(awk -v r="$(field "$2" requests)" -v d="$(field "$2" duration_us)" -v w="$SYSCALL_WINDOW" 'BEGIN { print r * 1e6 / d * w }')"
+  SYSCALL_LINE[$1]="$(awk -v n="$n" '$2 ~ /^syscalls:sys_enter_/ { gsub(",", "", $1); if ($1 / n >= 0.005) printf "%.3f %s\n", $1 / n, substr($2, 20) }' "$WORK/syscalls.$1" |
+    sort -rn | awk '{ printf "%s%s %.2f", (NR > 1 ? ", " : ""), $2, $1 }')"
+}
+declare -A SYSCALL_LINE
+
 # The value of KEY in the BENCH line of a wrk output file.
 field() {
   grep '^BENCH ' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'
@@ -243,6 +277,10 @@ declare -A LABEL=(
 declare -A THREADS=([direct]="—" [spindle-2]="1 worker thread" [spindle-4]="1 worker thread" [spindle-4-other]="1 worker thread"
   [nginx]="worker_processes 1" [haproxy]="nbthread 1")
 
+if [ "$SYSCALLS" = 1 ]; then
+  command -v perf >/dev/null 2>&1 || die "SYSCALLS=1 needs perf (Debian: linux-perf)"
+fi
+
 # ---- throughput and latency, ROUNDS rounds over every target
 mkdir -p "$WORK/results"
 for round in $(seq 1 "$ROUNDS"); do
@@ -253,16 +291,25 @@ for round in $(seq 1 "$ROUNDS"); do
       load "$PROXY_PORT" "$WARMUP" "$WORK/warmup.out"
     fi
     out="$WORK/results/$target.$round"
+    segs0="$(tcp_segments)"
     if [ -n "$PROXY_PID" ]; then
       read -r user0 system0 <<<"$(cpu_ticks "$PROXY_PID")"
+      count_syscalls "$target" "$round"
       load "$PROXY_PORT" "$DURATION" "$out"
+      if [ -n "$SYSCALL_PID" ]; then
+        wait "$SYSCALL_PID"
+        syscalls_per_request "$target" "$out"
+      fi
       read -r user1 system1 <<<"$(cpu_ticks "$PROXY_PID")"
       echo "ticks=$((user1 - user0 + system1 - system0))" >>"$out"
       echo "user_ticks=$((user1 - user0))" >>"$out"
-      stop "$PROXY_PID"
     else
       load "$PROXY_PORT" "$DURATION" "$out"
       echo "ticks=-1" >>"$out"
+    fi
+    echo "segs=$(($(tcp_segments) - segs0))" >>"$out"
+    if [ -n "$PROXY_PID" ]; then
+      stop "$PROXY_PID"
     fi
   done
 done
@@ -276,7 +323,7 @@ median_round() {
   done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }'
 }
 
-declare -A RPS P50 P99 P999 CPU10K USER10K SYS10K CPUPCT ERRORS RANGE
+declare -A RPS P50 P99 P999 CPU10K USER10K SYS10K CPUPCT ERRORS RANGE SEGS
 for target in "${TARGETS[@]}"; do
   f="$(median_round "$target")"
   requests="$(field "$f" requests)"
@@ -284,6 +331,7 @@ for target in "${TARGETS[@]}"; do
   ticks="$(sed -n 's/^ticks=//p' "$f")"
   user_ticks="$(sed -n 's/^user_ticks=//p' "$f")"
   RPS[$target]="$(awk -v n="$requests" -v d="$dur" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
+  SEGS[$target]="$(awk -v s="$(sed -n 's/^segs=//p' "$f")" -v n="$requests" 'BEGIN { if (s + 0 > 0) printf "%.2f", s / n; else print "—" }')"
   P50[$target]="$(field "$f" p50_us)"
   P99[$target]="$(field "$f" p99_us)"
   P999[$target]="$(field "$f" p999_us)"
@@ -308,6 +356,32 @@ for target in "${TARGETS[@]}"; do
     awk -v n="$(field "$g" requests)" -v d="$(field "$g" duration_us)" 'BEGIN { printf "%.0f\n", n * 1e6 / d }'
   done | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }')"
 done
+
+# Rounds are interleaved, so a target and nginx measured in the same round share the machine's
+# state of that moment: the per-round ratios cancel the drift between rounds that the median rows
+# keep. paired TARGET METRIC: that round-by-round ratio against nginx ("rps" or "cpu", CPU seconds
+# per request), as "median (lowest–highest; K of N rounds at or better than nginx)".
+round_value() {
+  local f="$WORK/results/$1.$2"
+  case "$3" in
+    rps) awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.6f", n * 1e6 / d }' ;;
+    cpu) awk -v t="$(sed -n 's/^ticks=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
+  esac
+}
+paired() {
+  local target=$1 metric=$2 r
+  for r in $(seq 1 "$ROUNDS"); do
+    awk -v a="$(round_value "$target" "$r" "$metric")" -v b="$(round_value nginx "$r" "$metric")" 'BEGIN { if (b + 0 > 0) printf "%.4f\n", a / b }'
+  done | sort -n | awk -v metric="$metric" -v n="$ROUNDS" '
+    { v[NR] = $1; if ((metric == "rps" && $1 >= 1) || (metric == "cpu" && $1 <= 1)) good++ }
+    END {
+      if (NR == 0) { print "—"; exit }
+      m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "%.2fx (%.2f–%.2f; %d of %d rounds %s)", m, v[1], v[NR], good, NR, metric == "rps" ? "at or above nginx" : "at or below nginx"
+    }'
+}
+PAIRED_RPS="$(paired spindle-4 rps)"
+PAIRED_CPU="$(paired spindle-4 cpu)"
 
 # ---- hot swap under load
 log "hot swap: ${SWAP_DURATION}s of load on the 4-filter chain, balancer.wasm replaced every ${SWAP_INTERVAL_MS} ms"
@@ -445,7 +519,7 @@ report() {
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr); shared with other work, so numbers are noisy"
   echo "- Load average before: ${LOAD_BEFORE##*load average: }; after: ${LOAD_AFTER##*load average: }"
-  echo "- Command: \`make bench-load\` (\`SPINDLE_BIN=${SPINDLE_BIN#"$ROOT"/}${OTHER_BIN:+ OTHER_BIN=${OTHER_BIN#"$ROOT"/}} CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS SWAP_DURATION=$SWAP_DURATION SWAP_INTERVAL_MS=$SWAP_INTERVAL_MS IDLE_CONNECTIONS=\"$IDLE_CONNECTIONS\" PERF=$PERF bash bench/load.sh\`)"
+  echo "- Command: \`make bench-load\` (\`SPINDLE_BIN=${SPINDLE_BIN#"$ROOT"/}${OTHER_BIN:+ OTHER_BIN=${OTHER_BIN#"$ROOT"/}} CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS SWAP_DURATION=$SWAP_DURATION SWAP_INTERVAL_MS=$SWAP_INTERVAL_MS IDLE_CONNECTIONS=\"$IDLE_CONNECTIONS\" PERF=$PERF SYSCALLS=$SYSCALLS bash bench/load.sh\`)"
   case "$SPINDLE_BIN" in
     *target/pgo/spindle) echo "- Spindle: \`target/pgo/spindle\`, the profile-guided release build (\`make release-pgo\`, bench/pgo.sh)" ;;
     *target/release/spindle) echo "- Spindle: \`target/release/spindle\`, the release build without profile guidance (\`PGO=0\`)" ;;
@@ -458,13 +532,13 @@ report() {
   echo
   echo "## Throughput and latency"
   echo
-  echo "| target | threads | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | req/s vs nginx | proxy CPU s / 10k req | user / system | proxy CPU | failed |"
-  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| target | threads | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | req/s vs nginx | proxy CPU s / 10k req | user / system | proxy CPU | TCP segments / req | failed |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for t in "${TARGETS[@]}"; do
-    echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${USER10K[$t]} / ${SYS10K[$t]} | ${CPUPCT[$t]} | ${ERRORS[$t]} |"
+    echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${USER10K[$t]} / ${SYS10K[$t]} | ${CPUPCT[$t]} | ${SEGS[$t]} | ${ERRORS[$t]} |"
   done
   echo
-  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"failed\" counts wrk's socket errors and responses >= 400."
+  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"TCP segments / req\" counts every loopback segment sent during the run (wrk, proxy and upstream, both ways; \`nstat\`'s TcpOutSegs) per request: 2 is the least for the upstream alone, 4 through a proxy; the rest are ACKs that carried no data (each one more trip through the kernel's TCP stack). \"failed\" counts wrk's socket errors and responses >= 400."
   echo
   # A proxy that did not use its whole core was held back by something other than its own work:
   # the load side (wrk and the upstream share one core) or other processes on the machine. Its
@@ -481,6 +555,16 @@ report() {
   fi
   echo "4-filter / 2-filter throughput: **$(ratio "${RPS[spindle-4]}" "${RPS[spindle-2]}")**"
   echo
+  echo "Round by round (the 4-filter chain against nginx in the same round, median of the $ROUNDS ratios): req/s $PAIRED_RPS; CPU per request $PAIRED_CPU."
+  echo
+  if [ "$SYSCALLS" = 1 ]; then
+    echo "System calls per request (round 1, \`perf stat -e 'syscalls:sys_enter_*'\` on the proxy's processes over ${SYSCALL_WINDOW} s of the measured run; requests estimated from the run's rate; calls under 0.005 per request left out):"
+    echo
+    for t in "${TARGETS[@]}"; do
+      [ -n "${SYSCALL_LINE[$t]:-}" ] && echo "- ${LABEL[$t]}: ${SYSCALL_LINE[$t]}"
+    done
+    echo
+  fi
   echo "## Hot swap under load"
   echo
   echo "${SWAP_DURATION}s of the same load on the 4-filter chain while \`balancer.wasm\` is replaced (copy beside it, rename over it) every ${SWAP_INTERVAL_MS} ms, alternating between two variants that differ by a custom section."
@@ -518,8 +602,8 @@ report() {
   if [ "${CPUPCT[nginx]%\%}" -lt 90 ]; then
     per_core="; nginx not CPU-bound: per CPU second Spindle serves $(ratio "${CPU10K[nginx]}" "${CPU10K[spindle-4]}")x nginx's requests"
   fi
-  echo "| 4-filter throughput >= 1.0x nginx | $(ratio "${RPS[spindle-4]}" "${RPS[nginx]}")x$per_core | $(verdict "${RPS[spindle-4]} >= ${RPS[nginx]}") |"
-  echo "| CPU per request <= nginx | ${CPU10K[spindle-4]} vs ${CPU10K[nginx]} CPU s / 10k req | $(verdict "${CPU10K[spindle-4]} <= ${CPU10K[nginx]}") |"
+  echo "| 4-filter throughput >= 1.0x nginx | $(ratio "${RPS[spindle-4]}" "${RPS[nginx]}")x$per_core; round by round $PAIRED_RPS | $(verdict "${RPS[spindle-4]} >= ${RPS[nginx]}") |"
+  echo "| CPU per request <= nginx | ${CPU10K[spindle-4]} vs ${CPU10K[nginx]} CPU s / 10k req; round by round $PAIRED_CPU | $(verdict "${CPU10K[spindle-4]} <= ${CPU10K[nginx]}") |"
   echo "| p99 <= 1.2x nginx p99 | $(ms "${P99[spindle-4]}") vs $(ms "${P99[nginx]}") ms ($(ratio "${P99[spindle-4]}" "${P99[nginx]}")x) | $(verdict "${P99[spindle-4]} <= 1.2 * ${P99[nginx]}") |"
   echo "| 0 failed requests during swaps (with reloads happening) | $SWAP_FAILED failed, $SWAP_RELOADS reloads | $(verdict "$SWAP_FAILED == 0 && $SWAP_RELOADS > 0") |"
   echo "| idle RSS <= 40 MB | $(awk -v k="$IDLE_RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }') MB | $(verdict "$IDLE_RSS_KB <= 40 * 1024") |"
