@@ -314,12 +314,20 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# round_value TARGET ROUND METRIC: that round's requests per second ("rps") or CPU seconds per
+# request ("cpu").
+round_value() {
+  local f="$WORK/results/$1.$2"
+  case "$3" in
+    rps) awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.6f", n * 1e6 / d }' ;;
+    cpu) awk -v t="$(sed -n 's/^ticks=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
+  esac
+}
 # The median round of a target (by requests per second): prints its wrk output file.
 median_round() {
   local target=$1 r
   for r in $(seq 1 "$ROUNDS"); do
-    local f="$WORK/results/$target.$r"
-    echo "$(awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.3f", n * 1e6 / d }') $f"
+    echo "$(round_value "$target" "$r" rps) $WORK/results/$target.$r"
   done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }'
 }
 
@@ -352,27 +360,20 @@ for target in "${TARGETS[@]}"; do
     CPUPCT[$target]="—"
   fi
   RANGE[$target]="$(for r in $(seq 1 "$ROUNDS"); do
-    g="$WORK/results/$target.$r"
-    awk -v n="$(field "$g" requests)" -v d="$(field "$g" duration_us)" 'BEGIN { printf "%.0f\n", n * 1e6 / d }'
-  done | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "–" hi }')"
+    round_value "$target" "$r" rps
+    echo
+  done | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }')"
 done
 
 # Rounds are interleaved, so a target and nginx measured in the same round share the machine's
 # state of that moment: the per-round ratios cancel the drift between rounds that the median rows
-# keep. paired TARGET METRIC: that round-by-round ratio against nginx ("rps" or "cpu", CPU seconds
-# per request), as "median (lowest–highest; K of N rounds at or better than nginx)".
-round_value() {
-  local f="$WORK/results/$1.$2"
-  case "$3" in
-    rps) awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.6f", n * 1e6 / d }' ;;
-    cpu) awk -v t="$(sed -n 's/^ticks=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
-  esac
-}
+# keep. paired TARGET METRIC: that round-by-round ratio against nginx (METRIC as for
+# round_value), as "median (lowest–highest; K of N rounds at or better than nginx)".
 paired() {
   local target=$1 metric=$2 r
   for r in $(seq 1 "$ROUNDS"); do
     awk -v a="$(round_value "$target" "$r" "$metric")" -v b="$(round_value nginx "$r" "$metric")" 'BEGIN { if (b + 0 > 0) printf "%.4f\n", a / b }'
-  done | sort -n | awk -v metric="$metric" -v n="$ROUNDS" '
+  done | sort -n | awk -v metric="$metric" '
     { v[NR] = $1; if ((metric == "rps" && $1 >= 1) || (metric == "cpu" && $1 <= 1)) good++ }
     END {
       if (NR == 0) { print "—"; exit }
