@@ -379,29 +379,64 @@ pub struct RawHead {
 /// Where a head's headers are, before its bytes are split off the buffer.
 pub struct Located(Vec<(Span, Role)>, u16);
 
+/// The allocation of a head's header index, empty, kept to locate the next head in
+/// ([`RawHead::locate_into`], [`RawHead::into_spare`]): a connection's requests one after the
+/// other reuse one.
+#[derive(Default)]
+pub struct Spare(Vec<(Span, Role)>);
+
+/// The most headers a [`Spare`] keeps room for: a head with more gives its index back to the
+/// allocator.
+const SPARE_HEADERS: usize = 32;
+
+impl Spare {
+    /// How many headers it has room for.
+    pub fn room(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
 impl RawHead {
     /// Where `headers` (parsed by `httparse` from `buf`) are and what they mean, and which of
     /// the headers that decide framing there are: a head once its bytes are split off `buf`
     /// ([`RawHead::new`]).
     pub fn locate(buf: &[u8], headers: &[httparse::Header<'_>]) -> (Located, Seen) {
+        Self::locate_into(buf, headers, Spare::default())
+    }
+
+    /// [`RawHead::locate`], the index written into `spare`'s allocation.
+    pub fn locate_into(
+        buf: &[u8],
+        headers: &[httparse::Header<'_>],
+        spare: Spare,
+    ) -> (Located, Seen) {
         let mut seen = Seen::default();
         let mut present = 0;
-        let located = headers
-            .iter()
-            .map(|h| {
-                let role = Role::of(h.name.as_bytes());
-                present |= role.bit();
-                match role {
-                    Role::TransferEncoding => seen.transfer_encoding = true,
-                    Role::ContentLength => seen.content_length = true,
-                    Role::Connection => seen.connection = true,
-                    Role::Expect => seen.expect = true,
-                    _ => {}
-                }
-                (span(buf, h), role)
-            })
-            .collect();
+        let mut located = spare.0;
+        located.extend(headers.iter().map(|h| {
+            let role = Role::of(h.name.as_bytes());
+            present |= role.bit();
+            match role {
+                Role::TransferEncoding => seen.transfer_encoding = true,
+                Role::ContentLength => seen.content_length = true,
+                Role::Connection => seen.connection = true,
+                Role::Expect => seen.expect = true,
+                _ => {}
+            }
+            (span(buf, h), role)
+        }));
         (Located(located, present), seen)
+    }
+
+    /// The allocation of this head's header index, for the next head to be located in; none
+    /// when it is larger than most heads need.
+    pub fn into_spare(self) -> Spare {
+        let mut headers = self.headers;
+        if headers.capacity() > SPARE_HEADERS {
+            return Spare::default();
+        }
+        headers.clear();
+        Spare(headers)
     }
 
     /// The head of `bytes`: the start of the buffer its headers were [located](RawHead::locate)
@@ -731,6 +766,35 @@ mod tests {
             }
             assert_eq!(b | 0x20 == b'-', b == b'-', "{b:#x}");
         }
+    }
+
+    #[test]
+    fn a_head_located_in_a_spare_index_reuses_its_allocation() {
+        let (first, _) = raw(b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n");
+        let room = first.headers.as_ptr();
+        let spare = first.into_spare();
+        assert!(spare.0.is_empty());
+        let text: &[u8] = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nD: 4\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        assert!(resp.parse(text).expect("a head").is_complete());
+        let (located, seen) = RawHead::locate_into(text, resp.headers, spare);
+        let second = RawHead::new(Bytes::from_static(text), located);
+        assert_eq!(second.headers.as_ptr(), room, "the same allocation");
+        // As located afresh: only this head's headers.
+        let (fresh, fresh_seen) = raw(text);
+        let headers = |h: &RawHead| {
+            h.iter()
+                .map(|(n, v, r)| (n.to_vec(), v.to_vec(), r))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(headers(&second), headers(&fresh));
+        assert_eq!(second.present, fresh.present);
+        assert!(seen.content_length && fresh_seen.content_length && !seen.connection);
+        // A head with many headers keeps no index back.
+        let many: String = (0..40).map(|i| format!("x-{i}: v\r\n")).collect();
+        let text: &'static [u8] = format!("HTTP/1.1 200 OK\r\n{many}\r\n").leak().as_bytes();
+        assert_eq!(raw(text).0.into_spare().0.capacity(), 0);
     }
 
     #[test]

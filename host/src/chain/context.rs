@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::http1::{RawHead, Role};
+use crate::http1::{RawHead, Role, Spare};
 use crate::telemetry::trace::RequestTrace;
 
 /// The response head, while `on-response` hooks run.
@@ -33,10 +33,17 @@ pub struct RequestCtx {
     pub response: Option<ResponseHead>,
     /// The request's spans, when it is traced.
     pub trace: Option<Box<RequestTrace>>,
+    /// Allocations a context keeps from one request to the next (the listener lends an
+    /// HTTP/1.1 connection's context to each of its requests in turn): the header index of
+    /// the last request head, for the next one to be located in, and the buffer the last
+    /// upstream request head was written in.
+    pub spare: Spare,
+    pub wire: Vec<u8>,
 }
 
 /// A request's id: the client's `x-request-id` when usable (1 to [`RequestId::MAX`] bytes of
 /// visible ASCII, spaces and tabs), else a random one. Kept inline: no allocation per request.
+/// [`RequestId::NONE`] until the request's is known.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RequestId {
     len: u8,
@@ -46,6 +53,12 @@ pub struct RequestId {
 impl RequestId {
     /// The longest id taken from a client.
     pub const MAX: usize = 128;
+
+    /// No id (empty): a context's before its request has one.
+    pub const NONE: RequestId = RequestId {
+        len: 0,
+        bytes: [0; Self::MAX],
+    };
 
     /// `id` as a request id, when it is one.
     pub fn given(id: &[u8]) -> Option<RequestId> {
@@ -127,44 +140,41 @@ impl RequestCtx {
             vars: Vec::new(),
             response: None,
             trace: None,
+            spare: Spare::default(),
+            wire: Vec::new(),
         }
     }
 
-    /// This context made over for the next request of the same connection, in the allocation
-    /// it has (no new box, its variables' room kept): every field is set again.
-    pub fn reuse(&mut self, head: http::request::Parts, client: SocketAddr, request_id: RequestId) {
-        // Named one by one (no `..`): a field added later must be set here too.
+    /// Lets go of what the request held (its head's buffers, its spans) and makes the context
+    /// over for the next request of the same connection, in the allocation it has: the
+    /// listener writes the next head into it ([`RequestCtx::head`], [`RequestCtx::raw`]) and
+    /// the chain its id; every other field is as in a new context, the room of its variables,
+    /// its header index and its wire buffer kept.
+    pub fn release(&mut self) {
+        // Named one by one (no `..`): a field added later must be seen to here too.
         let RequestCtx {
-            head: h,
+            head,
             raw,
-            client: c,
+            client: _,
             cluster,
             per_try_timeout,
-            request_id: id,
+            request_id,
             vars,
             response,
             trace,
+            spare,
+            wire: _,
         } = self;
-        *h = head;
-        *raw = None;
-        *c = client;
+        *head = http::Request::new(()).into_parts().0;
+        if let Some(raw) = raw.take() {
+            *spare = raw.into_spare();
+        }
         *cluster = None;
         *per_try_timeout = None;
-        *id = request_id;
+        *request_id = RequestId::NONE;
         vars.clear();
         *response = None;
         *trace = None;
-    }
-
-    /// Lets go of what the request held (its head's buffers, its spans), keeping the
-    /// allocation for [`reuse`](Self::reuse).
-    pub fn release(&mut self) {
-        self.head = http::Request::new(()).into_parts().0;
-        self.raw = None;
-        self.cluster = None;
-        self.vars.clear();
-        self.response = None;
-        self.trace = None;
     }
 
     /// The path with its query, as sent upstream (`/` when the target has none).
@@ -248,9 +258,12 @@ mod tests {
         assert_eq!(ctx.path(), "/", "the head is let go");
         assert!(ctx.head.headers.is_empty() && ctx.cluster.is_none() && ctx.vars.is_empty());
         assert!(ctx.response.is_none() && ctx.trace.is_none() && ctx.raw.is_none());
+        assert!(ctx.per_try_timeout.is_none() && ctx.request_id == RequestId::NONE);
 
         let other: SocketAddr = "127.0.0.1:5000".parse().expect("address");
-        ctx.reuse(parts("/second"), other, RequestId::hex(2));
+        ctx.head = parts("/second");
+        ctx.client = other;
+        ctx.request_id = RequestId::hex(2);
         let fresh = RequestCtx::new(parts("/second"), other, RequestId::hex(2));
         assert_eq!(ctx.path(), fresh.path());
         assert_eq!(ctx.header("x-a"), fresh.header("x-a"));

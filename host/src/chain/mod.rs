@@ -24,7 +24,7 @@ pub use self::context::{MAX_VAR_BYTES, MAX_VARS, RequestCtx, RequestId, Response
 use self::local::local;
 pub use self::without_io::handle_without_io;
 use crate::config::FailMode;
-use crate::http1::{RawHead, Role};
+use crate::http1::Role;
 use crate::listener::RequestBody;
 use crate::runtime::{Chain, Proxy};
 use crate::telemetry::access::{AccessEntry, AccessLog};
@@ -53,61 +53,60 @@ pub type AttemptTimer = Pin<Box<tokio::time::Sleep>>;
 
 /// What an HTTP/1.1 connection lends each of its requests in turn, given back with the
 /// response: the [`AttemptTimer`] and the request context's allocation (released: it holds
-/// nothing of the request it served). HTTP/2 streams, which run side by side, lend nothing
-/// (`Lent::default()`): each attempt makes its own timer, each request its own context.
+/// nothing of the request it served; the listener writes the next request's head into it).
+/// HTTP/2 streams, which run side by side, lend nothing (`Lent::default()`): each attempt
+/// makes its own timer, each request its own context.
 #[derive(Default)]
 pub struct Lent {
     pub timer: Option<AttemptTimer>,
     pub ctx: Option<Box<RequestCtx>>,
 }
 
-/// Answers one downstream request. Never fails: every error becomes a
-/// local response.
+/// Answers one downstream request, whose head and client are in `ctx` (its id is set here).
+/// Never fails: every error becomes a local response.
 pub async fn handle(
     proxy: &Arc<Proxy>,
     site: &Site,
-    req: Request<RequestBody>,
-    raw: Option<RawHead>,
-    client: SocketAddr,
-    lent: Lent,
+    mut ctx: Box<RequestCtx>,
+    body: RequestBody,
+    timer: Option<AttemptTimer>,
 ) -> (Response<DownBody>, Lent) {
     let start = Instant::now();
     // One snapshot for the whole request: a hot swap during it does not
     // change the filters it runs through.
     let runtime = proxy.runtime.load_full();
     let Some(chain) = runtime.chains.get(&site.name).cloned() else {
+        ctx.release();
         return (
             local(StatusCode::SERVICE_UNAVAILABLE, "listener has no chain\n"),
-            lent,
+            Lent {
+                timer,
+                ctx: Some(ctx),
+            },
         );
     };
-    let (parts, body) = req.into_parts();
-    let request_id = request_id(match &raw {
+    ctx.request_id = request_id(match &ctx.raw {
         Some(raw) => raw.first(Role::RequestId),
-        None => parts.headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes),
+        None => ctx
+            .head
+            .headers
+            .get(&X_REQUEST_ID)
+            .map(HeaderValue::as_bytes),
     });
+    let client = ctx.client;
     // What the access log reports is the request as it arrived, before
     // filters rewrite it.
     let logged = site.access_log.as_ref().map(|_| {
+        let head = &ctx.head;
         (
             SystemTime::now(),
-            parts.method.clone(),
-            parts
-                .uri
+            head.method.clone(),
+            head.uri
                 .path_and_query()
-                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+                .map_or_else(|| head.uri.path().to_string(), |p| p.as_str().to_string()),
         )
     });
-    let tracing = proxy.tracing.get();
-    let mut ctx = match lent.ctx {
-        Some(mut ctx) => {
-            ctx.reuse(parts, client, request_id);
-            ctx
-        }
-        None => Box::new(RequestCtx::new(parts, client, request_id)),
-    };
-    ctx.raw = raw;
-    if let Some(t) = tracing {
+    if let Some(t) = proxy.tracing.get() {
         // The trace context and attributes are read from the map.
         ctx.headers_mut();
         ctx.trace = Some(t.start_server(&ctx.head, client, &site.name, &ctx.request_id));
@@ -120,7 +119,7 @@ pub async fn handle(
         attempts: 0,
         endpoint: None,
         cluster: None,
-        timer: lent.timer,
+        timer,
     };
     let (status, resp) = run.respond(body).await;
     let duration = start.elapsed();
@@ -368,7 +367,8 @@ impl Run<'_> {
                     "request body cannot be replayed\n",
                 ));
             };
-            let req = self.outgoing(&endpoint, up_body, pool.http2);
+            let mut wire = None;
+            let req = self.outgoing(&endpoint, up_body, pool.http2, &mut wire);
             let per_try = self.per_try_timeout(settings.timeout_ms);
             let sent = Instant::now();
             let result = {
@@ -388,6 +388,10 @@ impl Run<'_> {
                 }
             };
             let latency = sent.elapsed();
+            if let Some(wire) = wire {
+                // For the next request of the client's connection (the context is lent).
+                self.ctx().wire = wire.into_buffer();
+            }
             let (kind, resp) = match result {
                 Some(Ok(resp)) => (
                     AttemptResult::from_status(resp.status().as_u16()),
@@ -505,13 +509,24 @@ impl Run<'_> {
         Ok(delay)
     }
 
-    /// The request an attempt sends, in the endpoint's protocol.
-    fn outgoing(&mut self, endpoint: &Endpoint, body: UpBody, http2: bool) -> Outgoing {
+    /// The request an attempt sends, in the endpoint's protocol; an HTTP/1.1 head is
+    /// written into `wire`.
+    fn outgoing<'w>(
+        &mut self,
+        endpoint: &Endpoint,
+        body: UpBody,
+        http2: bool,
+        wire: &'w mut Option<Wire>,
+    ) -> Outgoing<'w> {
         if http2 {
             Outgoing::Http2(Box::new(self.http2_request(endpoint, body)))
         } else {
-            let (wire, method) = self.http1_head(endpoint, &body);
-            Outgoing::Http1 { wire, method, body }
+            let (w, method) = self.http1_head(endpoint, &body);
+            Outgoing::Http1 {
+                wire: wire.insert(w),
+                method,
+                body,
+            }
         }
     }
 
@@ -532,7 +547,7 @@ impl Run<'_> {
         });
         let head = &ctx.head;
         let traced = ctx.trace.is_some();
-        let mut out = HeadWriter::new(&head.method, path);
+        let mut out = HeadWriter::new_in(std::mem::take(&mut ctx.wire), &head.method, path);
         let mut has_host = false;
         // The client's own `x-forwarded-for` values, if it sent any.
         let mut forwarded: Option<Vec<u8>> = None;

@@ -76,12 +76,16 @@ impl Run<'_> {
             Err(outcome) => return *outcome,
         };
         // Built as for a real attempt, then dropped instead of sent.
-        let sent_req = self.outgoing(&endpoint, UpBody::full(Bytes::new()), false);
+        let mut wire = None;
+        let sent_req = self.outgoing(&endpoint, UpBody::full(Bytes::new()), false, &mut wire);
         let sent = Instant::now();
         let in_flight = InFlight::new(endpoint.clone());
         drop(sent_req);
         drop(in_flight);
         let latency = sent.elapsed();
+        if let Some(wire) = wire {
+            self.ctx().wire = wire.into_buffer();
+        }
         let (mut parts, ()) = upstream.into_parts();
         let kind = AttemptResult::from_status(parts.status.as_u16());
         let notable = self.record_attempt(&endpoint, kind, latency);

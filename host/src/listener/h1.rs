@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
-use crate::chain::Site;
+use crate::chain::{Lent, RequestCtx, RequestId, Site};
 use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source};
 use crate::runtime::Proxy;
 use crate::telemetry::ListenerStats;
@@ -134,11 +134,9 @@ impl Reject {
     }
 }
 
-/// A parsed request head.
+/// What the connection needs of a parsed request head; the head itself (method, target,
+/// version, headers) is written into the request's context.
 struct Head {
-    parts: http::request::Parts,
-    /// The headers as they came (`parts` has none then), unless they went into its map.
-    raw: Option<RawHead>,
     framing: Framing,
     keep_alive: bool,
     expects_continue: bool,
@@ -146,7 +144,7 @@ struct Head {
 
 /// What waiting for the next request head gave.
 enum Next {
-    Head(Box<Head>),
+    Head(Head, Box<RequestCtx>),
     Closed,
     Http2,
     Reject(Reject),
@@ -189,8 +187,9 @@ pub(super) async fn serve(
     // next ones, and given back once the connection idles for a tick.
     let mut chain_slot = None;
     // The per-try deadline's timer and the request context's allocation, lent to each request
-    // (`chain::Lent`) and given back with the response; let go with the chain's state.
-    let mut lent = crate::chain::Lent::default();
+    // (`chain::Lent`) and given back with the response; let go with the chain's state. The
+    // next request's head is parsed into the context given back.
+    let mut lent = Lent::default();
     // Where each response's head (and the start of its body) is gathered before it is
     // written: kept from one response to the next (no allocation per request) while the
     // connection is busy, let go with the chain's state.
@@ -199,15 +198,14 @@ pub(super) async fn serve(
         let Some(r) = reader.as_mut() else {
             return Ended::Closed;
         };
-        let head = match waiting
-            .next_head(r, limits, first, &mut || {
+        let (head, ctx) = match waiting
+            .next_head(r, limits, first, (&mut lent, peer), &mut || {
                 chain_slot = None;
-                lent = Default::default();
                 out = Vec::new();
             })
             .await
         {
-            Next::Head(head) => head,
+            Next::Head(head, ctx) => (head, ctx),
             Next::Closed => return Ended::Closed,
             Next::Http2 => {
                 let Some(r) = reader.take() else {
@@ -227,14 +225,12 @@ pub(super) async fn serve(
         };
         first = false;
         let Head {
-            parts,
-            raw,
             framing,
             mut keep_alive,
             expects_continue,
-        } = *head;
-        let is_head = parts.method == Method::HEAD;
-        let http10 = parts.version == Version::HTTP_10;
+        } = head;
+        let is_head = ctx.head.method == Method::HEAD;
+        let http10 = ctx.head.version == Version::HTTP_10;
         let (body, back) = if framing.is_done() {
             (RequestBody::Empty, None)
         } else {
@@ -255,15 +251,14 @@ pub(super) async fn serve(
         {
             return Ended::Closed;
         }
-        let req = Request::from_parts(parts, body);
+        let timer = lent
+            .timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())));
         // In a slot of its own, not inline: the chain's state would otherwise weigh on every
         // idle connection.
-        let mut given = std::mem::take(&mut lent);
-        given
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())));
         let (resp, returned) = placed(&mut chain_slot, || {
-            crate::chain::handle(proxy, site, req, raw, peer, given)
+            crate::chain::handle(proxy, site, ctx, body, Some(timer))
         })
         .await;
         lent = returned;
@@ -371,15 +366,17 @@ impl<F: Future> Waiting<'_, F> {
         self.tick.as_mut().reset(next);
     }
 
-    /// Reads until a request head is complete. An empty buffer waits at most the idle
+    /// Reads until a request head is complete, and parses it into the context `lent` has
+    /// (a new one for `peer` when it has none). An empty buffer waits at most the idle
     /// timeout, a started head the header timeout (checked at each tick, so up to a tick
-    /// later; no clock is read per request). `idle` runs at each tick that finds no request
-    /// begun.
+    /// later; no clock is read per request). At each tick that finds no request begun, what
+    /// was lent is let go of and `idle` runs.
     async fn next_head(
         &mut self,
         r: &mut Reader,
         limits: &Limits,
         first: bool,
+        (lent, peer): (&mut Lent, SocketAddr),
         idle: &mut (dyn FnMut() + Send),
     ) -> Next {
         let mut since: Option<(Instant, bool)> = None;
@@ -390,11 +387,12 @@ impl<F: Future> Waiting<'_, F> {
                     if n == PREFACE.len() {
                         return Next::Http2;
                     }
-                } else if let Some(next) = parse_or_reject(&mut r.buf, limits) {
+                } else if let Some(next) = parse_or_reject(&mut r.buf, limits, &mut lent.ctx, peer)
+                {
                     return next;
                 }
             } else if !r.buf.is_empty()
-                && let Some(next) = parse_or_reject(&mut r.buf, limits)
+                && let Some(next) = parse_or_reject(&mut r.buf, limits, &mut lent.ctx, peer)
             {
                 return next;
             }
@@ -414,6 +412,7 @@ impl<F: Future> Waiting<'_, F> {
                     let now = Instant::now();
                     let empty = r.buf.is_empty();
                     if empty {
+                        *lent = Lent::default();
                         idle();
                     }
                     match since {
@@ -439,18 +438,35 @@ impl<F: Future> Waiting<'_, F> {
     }
 }
 
-/// A complete head from the buffer, a refusal, or `None` to read more.
-fn parse_or_reject(buf: &mut BytesMut, limits: &Limits) -> Option<Next> {
-    match parse_head(buf, limits.max_head) {
-        Ok(Some(head)) => Some(Next::Head(Box::new(head))),
+/// A complete head from the buffer, parsed into the context in `spare` (a new one for `peer`
+/// when it has none), a refusal, or `None` to read more.
+fn parse_or_reject(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    spare: &mut Option<Box<RequestCtx>>,
+    peer: SocketAddr,
+) -> Option<Next> {
+    let mut ctx = spare.take().unwrap_or_else(|| {
+        let (head, ()) = Request::new(()).into_parts();
+        Box::new(RequestCtx::new(head, peer, RequestId::NONE))
+    });
+    let next = match parse_head(buf, limits.max_head, &mut ctx) {
+        Ok(Some(head)) => return Some(Next::Head(head, ctx)),
         Ok(None) if buf.len() >= limits.max_head => Some(Next::Reject(Reject::TooLarge)),
         Ok(None) => None,
         Err(why) => Some(Next::Reject(why)),
-    }
+    };
+    *spare = Some(ctx);
+    next
 }
 
-/// One request head from the buffer, if a complete one is there.
-fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Reject> {
+/// One request head from the buffer, if a complete one is there: its method, target, version
+/// and headers written into `ctx` (released: it holds no request).
+fn parse_head(
+    buf: &mut BytesMut,
+    max_head: usize,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Head>, Reject> {
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -476,7 +492,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
     let path = req.path.unwrap_or_default();
     let at = path.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + path.len();
-    let (located, seen) = RawHead::locate(buf, req.headers);
+    let (located, seen) = RawHead::locate_into(buf, req.headers, std::mem::take(&mut ctx.spare));
     let head = RawHead::new(buf.split_to(len).freeze(), located);
     let uri = Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Reject::Bad("bad request target"))?;
@@ -493,25 +509,21 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Rejec
     };
     // Answered here; the endpoint gets the body without being asked. Rare enough that such a
     // request's headers go into a map at once, the expectation taken out.
-    let (mut parts, ()) = Request::new(()).into_parts();
-    let mut raw = Some(head);
     let mut expects_continue = false;
-    if seen.expect
-        && let Some(head) = raw.take()
-    {
+    if seen.expect {
         let mut headers = head.to_map();
         expects_continue = version == Version::HTTP_11
             && headers
                 .remove(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        parts.headers = headers;
+        ctx.head.headers = headers;
+    } else {
+        ctx.raw = Some(head);
     }
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
+    ctx.head.method = method;
+    ctx.head.uri = uri;
+    ctx.head.version = version;
     Ok(Some(Head {
-        parts,
-        raw,
         framing,
         keep_alive,
         expects_continue,
@@ -588,7 +600,7 @@ async fn write_response(
     http10: bool,
     keep_alive: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
     let status = parts.status;
     let no_body = is_head
         || status.is_informational()
@@ -611,7 +623,7 @@ async fn write_response(
     // body decides.
     let keep_length = no_body && status != StatusCode::NO_CONTENT;
     let (mut has_length, mut has_date) = (false, false);
-    if let Some(head) = body.take_head() {
+    if let Some(head) = body.head() {
         // An HTTP/1.1 endpoint's headers, as it sent them, without those for its hop.
         head.write_lines(out, |_, _, role| match role {
             Role::ContentLength if keep_length => {
@@ -870,44 +882,55 @@ impl Drop for ServerBody {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Option<Head>, Reject> {
+    fn new_ctx() -> Box<RequestCtx> {
+        let peer = "127.0.0.1:4000".parse().expect("address");
+        Box::new(RequestCtx::new(
+            Request::new(()).into_parts().0,
+            peer,
+            RequestId::NONE,
+        ))
+    }
+
+    /// A head parsed into a new context.
+    fn parse(text: &str) -> Result<Option<(Head, Box<RequestCtx>)>, Reject> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_head(&mut buf, 16 * 1024)
+        let mut ctx = new_ctx();
+        Ok(parse_head(&mut buf, 16 * 1024, &mut ctx)?.map(|head| (head, ctx)))
     }
 
     #[test]
     fn heads_are_parsed_with_their_framing() {
-        let head = parse(
+        let (head, ctx) = parse(
             "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
         )
         .unwrap()
         .unwrap();
-        assert_eq!(head.parts.method, Method::POST);
-        assert_eq!(head.parts.uri, "/a?b=1");
+        assert_eq!(ctx.head.method, Method::POST);
+        assert_eq!(ctx.head.uri, "/a?b=1");
         // The headers stay as they came, no map built.
-        assert!(head.parts.headers.is_empty());
-        let raw = head.raw.as_ref().expect("the client's head");
+        assert!(ctx.head.headers.is_empty());
+        let raw = ctx.raw.as_ref().expect("the client's head");
         assert_eq!(raw.get_all("x-a").collect::<Vec<_>>(), [b"1", b"2"]);
         assert_eq!(raw.first(Role::Host), Some(&b"x"[..]));
         assert_eq!(head.framing, Framing::Length(5));
         assert!(head.keep_alive && !head.expects_continue);
 
-        let head = parse("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        let (head, ctx) = parse("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(head.framing, Framing::Chunked(Chunk::Size));
         assert!(!head.keep_alive && head.expects_continue);
         // An expectation answered here is taken out: such a head goes into a map.
-        assert!(head.raw.is_none());
-        assert!(!head.parts.headers.contains_key(header::EXPECT));
-        assert_eq!(head.parts.headers["transfer-encoding"], "chunked");
+        assert!(ctx.raw.is_none());
+        assert!(!ctx.head.headers.contains_key(header::EXPECT));
+        assert_eq!(ctx.head.headers["transfer-encoding"], "chunked");
 
-        let head = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        let (head, ctx) = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(
-            (head.parts.version, head.keep_alive),
+            (ctx.head.version, head.keep_alive),
             (Version::HTTP_10, false)
         );
-        let head = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        let (head, _) = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(head.keep_alive);
@@ -917,10 +940,39 @@ mod tests {
     }
 
     #[test]
+    fn a_released_context_takes_the_next_head_as_a_new_one_would() {
+        let mut buf = BytesMut::from(
+            &b"POST /a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nContent-Length: 0\r\n\r\nGET /b?c HTTP/1.0\r\nHost: y\r\n\r\n"[..],
+        );
+        let mut ctx = new_ctx();
+        parse_head(&mut buf, 16 * 1024, &mut ctx).unwrap().unwrap();
+        assert_eq!(ctx.header("x-a"), Some(&b"1"[..]));
+        ctx.release();
+        let head = parse_head(&mut buf, 16 * 1024, &mut ctx).unwrap().unwrap();
+        let (fresh_head, fresh) = parse("GET /b?c HTTP/1.0\r\nHost: y\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ctx.head.method, fresh.head.method);
+        assert_eq!(ctx.head.uri, fresh.head.uri);
+        assert_eq!(ctx.head.version, fresh.head.version);
+        assert_eq!(ctx.header("host"), Some(&b"y"[..]));
+        assert_eq!(ctx.header("x-a"), None, "nothing of the head before");
+        assert_eq!(ctx.header_all("host"), fresh.header_all("host"));
+        assert_eq!(
+            (head.framing, head.keep_alive),
+            (fresh_head.framing, fresh_head.keep_alive)
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn smuggling_shapes_and_broken_heads_are_refused() {
         let bad = |text: &str| match parse(text) {
             Err(Reject::Bad(why)) => why,
-            other => panic!("{text:?} gave {:?}", other.map(|h| h.map(|h| h.framing))),
+            other => panic!(
+                "{text:?} gave {:?}",
+                other.map(|h| h.map(|(h, _)| h.framing))
+            ),
         };
         assert!(
             bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
@@ -943,7 +995,10 @@ mod tests {
             Some(Reject::TooLarge)
         );
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nx: 0123456789\r\n\r\n"[..]);
-        assert_eq!(parse_head(&mut buf, 20).err(), Some(Reject::TooLarge));
+        assert_eq!(
+            parse_head(&mut buf, 20, &mut new_ctx()).err(),
+            Some(Reject::TooLarge)
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use self::h1::{Ended, Limits};
 pub use self::h1::{RequestBody, ServerBody};
 use self::io::ActivityIo;
+use crate::chain::{RequestCtx, RequestId};
 use crate::config::ListenerConfig;
 use crate::runtime::Proxy;
 use crate::telemetry::ListenerStats;
@@ -135,9 +136,10 @@ async fn serve_http2(
         // wide and the request's state on the heap only while it runs.
         Box::pin(async move {
             active.fetch_add(1, Ordering::AcqRel);
-            let req = req.map(RequestBody::H2);
+            let (head, body) = req.into_parts();
+            let ctx = Box::new(RequestCtx::new(head, peer, RequestId::NONE));
             let (resp, _) =
-                crate::chain::handle(&proxy, &name, req, None, peer, Default::default()).await;
+                crate::chain::handle(&proxy, &name, ctx, RequestBody::H2(body), None).await;
             active.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(resp)
         })

@@ -85,11 +85,11 @@ pub enum DownBody {
 }
 
 impl DownBody {
-    /// Takes the response's headers when they are still an HTTP/1.1 endpoint's head (see
+    /// The response's headers when they are still an HTTP/1.1 endpoint's head (see
     /// [`UpstreamBody`]).
-    pub fn take_head(&mut self) -> Option<RawHead> {
+    pub fn head(&self) -> Option<&RawHead> {
         match self {
-            DownBody::Upstream(b) => b.take_head(),
+            DownBody::Upstream(b) => b.head(),
             DownBody::Local(_) => None,
         }
     }

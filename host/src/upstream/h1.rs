@@ -29,7 +29,9 @@ use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use super::pool::{BoxError, Checkin, Open};
-use crate::http1::{self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source};
+use crate::http1::{
+    self, Chunk, DecodeError, Framing, MAX_HEADERS, RawHead, Role, Seen, Source, Spare,
+};
 
 /// The largest response head read (status line and headers).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -73,6 +75,9 @@ pub struct Conn(Box<ConnState>);
 pub struct ConnState {
     io: TcpStream,
     buf: BytesMut,
+    /// The header index of the last response's head, given back when its body was read
+    /// ([`ResponseBody`]), for the next head to be located in.
+    spare: Spare,
     /// Uncounts the connection when it closes.
     _open: Open,
 }
@@ -95,6 +100,7 @@ impl Conn {
         Self(Box::new(ConnState {
             io,
             buf: BytesMut::new(),
+            spare: Spare::default(),
             _open: open,
         }))
     }
@@ -188,7 +194,9 @@ impl Conn {
             checkin: Some(checkin),
             head: Some(head.head),
         };
-        body.settle();
+        // A body that ends before it starts (HEAD, 204, 304, a length of 0) gives the
+        // connection back now; its head stays with it, unread yet.
+        body.settle(false);
         Ok((resp, body))
     }
 
@@ -221,7 +229,8 @@ impl Conn {
 
     /// One head from the buffer, if a complete one is there.
     fn parse_head(&mut self) -> Result<Option<Head>, H1Error> {
-        if self.buf.is_empty() {
+        let state = &mut *self.0;
+        if state.buf.is_empty() {
             return Ok(None);
         }
         let mut slots =
@@ -229,7 +238,7 @@ impl Conn {
         let mut parsed = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
         let len =
-            match config.parse_response_with_uninit_headers(&mut parsed, &self.buf, &mut slots) {
+            match config.parse_response_with_uninit_headers(&mut parsed, &state.buf, &mut slots) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {
@@ -248,8 +257,9 @@ impl Conn {
         };
         // Kept as the head's bytes and where each header is in them: the headers are only
         // written on to the client, and a map is built when someone needs one.
-        let (located, seen) = RawHead::locate(&self.buf, parsed.headers);
-        let head = RawHead::new(self.buf.split_to(len).freeze(), located);
+        let spare = std::mem::take(&mut state.spare);
+        let (located, seen) = RawHead::locate_into(&state.buf, parsed.headers, spare);
+        let head = RawHead::new(state.buf.split_to(len).freeze(), located);
         let keep_alive = match version {
             Version::HTTP_10 => {
                 seen.connection && http1::lists(head.values(Role::Connection), "keep-alive")
@@ -298,6 +308,21 @@ pub struct Wire {
     has_body: bool,
 }
 
+/// The most a [`Wire`]'s buffer keeps of its room for the next request head
+/// ([`Wire::into_buffer`]): one that carried a larger body goes back to the allocator.
+const KEEP_WIRE_BYTES: usize = 4096;
+
+impl Wire {
+    /// The buffer, for the next head to be written in ([`HeadWriter::new_in`]); an empty one
+    /// when it grew past what a head needs.
+    pub fn into_buffer(self) -> Vec<u8> {
+        if self.bytes.capacity() > KEEP_WIRE_BYTES {
+            return Vec::new();
+        }
+        self.bytes
+    }
+}
+
 /// A request head being written in HTTP/1.1 form.
 pub struct HeadWriter {
     out: Vec<u8>,
@@ -307,7 +332,15 @@ pub struct HeadWriter {
 impl HeadWriter {
     /// The request line, with an origin-form `target`.
     pub fn new(method: &Method, target: &str) -> Self {
-        let mut out = Vec::with_capacity(256);
+        Self::new_in(Vec::new(), method, target)
+    }
+
+    /// [`HeadWriter::new`], written in `buf`'s allocation (what it holds is cleared): a
+    /// [`Wire`]'s, once sent ([`Wire::into_buffer`]).
+    pub fn new_in(mut buf: Vec<u8>, method: &Method, target: &str) -> Self {
+        buf.clear();
+        buf.reserve(256);
+        let mut out = buf;
         out.extend_from_slice(method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
@@ -446,7 +479,8 @@ pub struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     checkin: Option<Checkin>,
-    /// The response's headers, until taken.
+    /// The response's headers, until taken or the body is read to its end: the header index
+    /// then goes back to the connection, for its next response.
     head: Option<RawHead>,
 }
 
@@ -466,13 +500,17 @@ impl ResponseBody {
         self.keep_alive && self.conn.is_some() && self.checkin.is_some()
     }
 
-    /// At the end of the body: the connection goes back, or closes.
-    fn settle(&mut self) {
+    /// At the end of the body: the connection goes back (with the head's header index when
+    /// `read`: the body was read to its end, and with it the head), or closes.
+    fn settle(&mut self, read: bool) {
         if !self.framing.is_done() {
             return;
         }
         self.framing = Framing::Done;
-        let conn = self.conn.take();
+        let mut conn = self.conn.take();
+        if read && let (Some(conn), Some(head)) = (conn.as_mut(), self.head.take()) {
+            conn.spare = head.into_spare();
+        }
         // Bytes past the response were not asked for: such a connection is not reused.
         if let (Some(conn), Some(checkin)) = (conn, self.checkin.take())
             && self.keep_alive
@@ -493,7 +531,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
         let next = ready!(http1::poll_body(&mut this.framing, &mut this.conn, cx));
-        this.settle();
+        this.settle(true);
         Poll::Ready(next.map(|r| r.map(Frame::data).map_err(Into::into)))
     }
 
@@ -590,7 +628,11 @@ mod tests {
     ) -> Result<(Response<()>, Result<Bytes, String>), SendError> {
         let body = UpBody::full(Bytes::new());
         let wire = HeadWriter::new(&method, "/").finish(&method, &body);
-        let req = Outgoing::Http1 { wire, method, body };
+        let req = Outgoing::Http1 {
+            wire: &wire,
+            method,
+            body,
+        };
         let settings = Cluster::pool_settings(&cluster.settings.load());
         let resp = send(ep, settings, &cluster.connections, req).await?;
         let (mut parts, mut body) = resp.into_parts();
@@ -635,6 +677,54 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_leaves_its_header_index_to_the_connection() {
+        let addr = endpoint(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\nx-c: 3\r\n\r\nok"],
+            vec![b"HTTP/1.1 200 OK\r\nx-b: 2\r\ncontent-length: 3\r\n\r\nyes"],
+        ])
+        .await;
+        let (_u, cluster, ep) = cluster_of(addr);
+        let settings = Cluster::pool_settings(&cluster.settings.load());
+        let exchange = async |want: &str| {
+            let body = UpBody::full(Bytes::new());
+            let wire = HeadWriter::new(&Method::GET, "/").finish(&Method::GET, &body);
+            let req = Outgoing::Http1 {
+                wire: &wire,
+                method: Method::GET,
+                body,
+            };
+            let resp = send(&ep, settings, &cluster.connections, req)
+                .await
+                .expect("response");
+            let body = resp.into_body();
+            // Written on as it came, the head is read before the body.
+            let head = body.head().expect("an HTTP/1.1 head");
+            let headers: Vec<_> = head
+                .iter()
+                .map(|(n, v, _)| (n.to_vec(), v.to_vec()))
+                .collect();
+            let data = body.collect().await.expect("body").to_bytes();
+            assert_eq!(data, want);
+            headers
+        };
+        let first = exchange("ok").await;
+        assert_eq!(first.len(), 3);
+        let conn = ep.conns.take_http1().expect("the connection went back");
+        assert!(conn.spare.room() >= 3, "the first head's index is kept");
+        ep.conns.put_http1(conn, settings.max_idle);
+        // Located in the first head's index: the second head's headers alone.
+        let second = exchange("yes").await;
+        assert_eq!(
+            second,
+            [
+                (b"x-b".to_vec(), b"2".to_vec()),
+                (b"content-length".to_vec(), b"3".to_vec())
+            ]
+        );
+        assert_eq!(ep.conns.idle_http1(), 1);
     }
 
     #[tokio::test]

@@ -78,7 +78,7 @@ impl Conns {
     }
 
     /// The most recently used HTTP/1.1 connection that is still open.
-    fn take_http1(&self) -> Option<h1::Conn> {
+    pub(super) fn take_http1(&self) -> Option<h1::Conn> {
         let mut idle = self.lock();
         let now = coarse_ms();
         while let Some((conn, since)) = idle.http1.pop_back() {
@@ -94,7 +94,7 @@ impl Conns {
         None
     }
 
-    fn put_http1(&self, conn: h1::Conn, max_idle: usize) {
+    pub(super) fn put_http1(&self, conn: h1::Conn, max_idle: usize) {
         if max_idle == 0 {
             return;
         }
@@ -148,10 +148,11 @@ pub enum SendError {
 }
 
 /// A request ready for its endpoint's protocol.
-pub enum Outgoing {
-    /// HTTP/1.1: the head already in wire form (see [`HeadWriter`]).
+pub enum Outgoing<'a> {
+    /// HTTP/1.1: the head already in wire form (see [`HeadWriter`]), borrowed: its buffer
+    /// goes on to the next request of the client's connection.
     Http1 {
-        wire: Wire,
+        wire: &'a Wire,
         method: Method,
         body: UpBody,
     },
@@ -167,7 +168,7 @@ pub async fn send(
     endpoint: &Arc<Endpoint>,
     settings: PoolSettings,
     stats: &Arc<ConnStats>,
-    req: Outgoing,
+    req: Outgoing<'_>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let (wire, method, mut body) = match req {
         Outgoing::Http1 { wire, method, body } => (wire, method, body),
@@ -179,10 +180,10 @@ pub async fn send(
     let conn = loop {
         let Some(mut conn) = endpoint.conns.take_http1() else {
             let mut conn = Box::pin(connect_http1(endpoint, settings, stats)).await?;
-            conn.write_request(&wire, &mut body).await?;
+            conn.write_request(wire, &mut body).await?;
             break conn;
         };
-        match conn.write_request(&wire, &mut body).await {
+        match conn.write_request(wire, &mut body).await {
             Ok(()) => break conn,
             // A complete body was only read: the endpoint got no request it could act on (a
             // partial one at most), so the next connection gets it.
@@ -347,7 +348,9 @@ pub fn discard(body: UpstreamBody) {
 /// An HTTP/1.1 endpoint's response headers travel with its body, as the head's bytes
 /// ([`UpstreamBody::head`]), and the response's own header map is empty: written on to an
 /// HTTP/1.1 client they need no map. Whoever needs the map takes the head
-/// ([`UpstreamBody::take_head`]) and builds it.
+/// ([`UpstreamBody::take_head`]) and builds it. The head is there until the body is read to
+/// its end: its header index then goes back to the connection, for the next response to be
+/// located in (no allocation per response).
 pub struct UpstreamBody(Inner);
 
 enum Inner {
@@ -432,7 +435,7 @@ mod tests {
         let body = UpBody::full(Bytes::new());
         let wire = h1::HeadWriter::new(&Method::GET, "/").finish(&Method::GET, &body);
         let req = Outgoing::Http1 {
-            wire,
+            wire: &wire,
             method: Method::GET,
             body,
         };
