@@ -391,6 +391,7 @@ const SPARE_HEADERS: usize = 32;
 
 impl Spare {
     /// How many headers it has room for.
+    #[cfg(test)]
     pub fn room(&self) -> usize {
         self.0.capacity()
     }

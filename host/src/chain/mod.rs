@@ -388,10 +388,7 @@ impl Run<'_> {
                 }
             };
             let latency = sent.elapsed();
-            if let Some(wire) = wire {
-                // For the next request of the client's connection (the context is lent).
-                self.ctx().wire = wire.into_buffer();
-            }
+            self.keep_wire(wire);
             let (kind, resp) = match result {
                 Some(Ok(resp)) => (
                     AttemptResult::from_status(resp.status().as_u16()),
@@ -527,6 +524,14 @@ impl Run<'_> {
                 method,
                 body,
             }
+        }
+    }
+
+    /// Keeps the buffer of the head an attempt sent in the request context, for the next
+    /// request of the client's connection (the context is lent to each in turn).
+    fn keep_wire(&mut self, wire: Option<Wire>) {
+        if let Some(wire) = wire {
+            self.ctx().wire = wire.into_buffer();
         }
     }
 

@@ -83,9 +83,7 @@ impl Run<'_> {
         drop(sent_req);
         drop(in_flight);
         let latency = sent.elapsed();
-        if let Some(wire) = wire {
-            self.ctx().wire = wire.into_buffer();
-        }
+        self.keep_wire(wire);
         let (mut parts, ()) = upstream.into_parts();
         let kind = AttemptResult::from_status(parts.status.as_u16());
         let notable = self.record_attempt(&endpoint, kind, latency);
