@@ -166,6 +166,12 @@ cpu_ticks() {
   echo "$user $system"
 }
 
+# Busy and total clock ticks of one core since boot, from /proc/stat's "cpuN" line: prints
+# "BUSY TOTAL" (busy is user, nice, system, irq, softirq and steal; total adds idle and iowait).
+core_ticks() {
+  awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+
 metric() {
   local admin=$1 pattern=$2
   http_get "$admin" /metrics 2>/dev/null | awk -v p="$pattern" 'index($0, p) == 1 { s += $NF } END { print s + 0 }'
@@ -292,6 +298,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     out="$WORK/results/$target.$round"
     segs0="$(tcp_segments)"
+    read -r load_busy0 load_total0 <<<"$(core_ticks "$LOAD_CPU")"
     if [ -n "$PROXY_PID" ]; then
       read -r user0 system0 <<<"$(cpu_ticks "$PROXY_PID")"
       count_syscalls "$target" "$round"
@@ -308,19 +315,23 @@ for round in $(seq 1 "$ROUNDS"); do
       echo "ticks=-1" >>"$out"
     fi
     echo "segs=$(($(tcp_segments) - segs0))" >>"$out"
+    read -r load_busy1 load_total1 <<<"$(core_ticks "$LOAD_CPU")"
+    echo "load_busy=$((load_busy1 - load_busy0))" >>"$out"
+    echo "load_total=$((load_total1 - load_total0))" >>"$out"
     if [ -n "$PROXY_PID" ]; then
       stop "$PROXY_PID"
     fi
   done
 done
 
-# round_value TARGET ROUND METRIC: that round's requests per second ("rps") or CPU seconds per
-# request ("cpu").
+# round_value TARGET ROUND METRIC: that round's requests per second ("rps"), the proxy's CPU per
+# request ("cpu") or the load core's busy time per request ("load"), the last two in clock ticks.
 round_value() {
   local f="$WORK/results/$1.$2"
   case "$3" in
     rps) awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.6f", n * 1e6 / d }' ;;
     cpu) awk -v t="$(sed -n 's/^ticks=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
+    load) awk -v t="$(sed -n 's/^load_busy=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
   esac
 }
 # The median round of a target (by requests per second): prints its wrk output file.
@@ -331,7 +342,7 @@ median_round() {
   done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }'
 }
 
-declare -A RPS P50 P99 P999 CPU10K USER10K SYS10K CPUPCT ERRORS RANGE SEGS
+declare -A RPS P50 P99 P999 CPU10K USER10K SYS10K CPUPCT ERRORS RANGE SEGS LOADPCT LOAD10K
 for target in "${TARGETS[@]}"; do
   f="$(median_round "$target")"
   requests="$(field "$f" requests)"
@@ -340,6 +351,8 @@ for target in "${TARGETS[@]}"; do
   user_ticks="$(sed -n 's/^user_ticks=//p' "$f")"
   RPS[$target]="$(awk -v n="$requests" -v d="$dur" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
   SEGS[$target]="$(awk -v s="$(sed -n 's/^segs=//p' "$f")" -v n="$requests" 'BEGIN { if (s + 0 > 0) printf "%.2f", s / n; else print "—" }')"
+  LOADPCT[$target]="$(awk -v b="$(sed -n 's/^load_busy=//p' "$f")" -v t="$(sed -n 's/^load_total=//p' "$f")" 'BEGIN { if (t + 0 > 0) printf "%.0f%%", b / t * 100; else print "—" }')"
+  LOAD10K[$target]="$(awk -v b="$(sed -n 's/^load_busy=//p' "$f")" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", b / hz / n * 10000 }')"
   P50[$target]="$(field "$f" p50_us)"
   P99[$target]="$(field "$f" p99_us)"
   P999[$target]="$(field "$f" p999_us)"
@@ -374,7 +387,7 @@ paired() {
   for r in $(seq 1 "$ROUNDS"); do
     awk -v a="$(round_value "$target" "$r" "$metric")" -v b="$(round_value nginx "$r" "$metric")" 'BEGIN { if (b + 0 > 0) printf "%.4f\n", a / b }'
   done | sort -n | awk -v metric="$metric" '
-    { v[NR] = $1; if ((metric == "rps" && $1 >= 1) || (metric == "cpu" && $1 <= 1)) good++ }
+    { v[NR] = $1; if ((metric == "rps" && $1 >= 1) || (metric != "rps" && $1 <= 1)) good++ }
     END {
       if (NR == 0) { print "—"; exit }
       m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
@@ -383,6 +396,7 @@ paired() {
 }
 PAIRED_RPS="$(paired spindle-4 rps)"
 PAIRED_CPU="$(paired spindle-4 cpu)"
+PAIRED_LOAD="$(paired spindle-4 load)"
 
 # ---- hot swap under load
 log "hot swap: ${SWAP_DURATION}s of load on the 4-filter chain, balancer.wasm replaced every ${SWAP_INTERVAL_MS} ms"
@@ -533,13 +547,13 @@ report() {
   echo
   echo "## Throughput and latency"
   echo
-  echo "| target | threads | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | req/s vs nginx | proxy CPU s / 10k req | user / system | proxy CPU | TCP segments / req | failed |"
-  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| target | threads | req/s | req/s range | p50 ms | p99 ms | p99.9 ms | req/s vs nginx | proxy CPU s / 10k req | user / system | proxy CPU | load core busy | load core s / 10k req | TCP segments / req | failed |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for t in "${TARGETS[@]}"; do
-    echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${USER10K[$t]} / ${SYS10K[$t]} | ${CPUPCT[$t]} | ${SEGS[$t]} | ${ERRORS[$t]} |"
+    echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${USER10K[$t]} / ${SYS10K[$t]} | ${CPUPCT[$t]} | ${LOADPCT[$t]} | ${LOAD10K[$t]} | ${SEGS[$t]} | ${ERRORS[$t]} |"
   done
   echo
-  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"TCP segments / req\" counts every loopback segment sent during the run (wrk, proxy and upstream, both ways; \`nstat\`'s TcpOutSegs) per request: 2 is the least for the upstream alone, 4 through a proxy; the rest are ACKs that carried no data (each one more trip through the kernel's TCP stack). \"failed\" counts wrk's socket errors and responses >= 400."
+  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"load core\" is core $LOAD_CPU, where wrk and the upstream run, from /proc/stat over the measured run: how busy it was, and its busy time (wrk, the upstream, the kernel's work for both, anything else on that core) per 10k requests; at 100% busy, req/s is bounded by the load side's cost per request, which the proxy changes only through what it makes wrk and the upstream do (wake-ups, segments). \"TCP segments / req\" counts every loopback segment sent during the run (wrk, proxy and upstream, both ways; \`nstat\`'s TcpOutSegs) per request: 2 is the least for the upstream alone, 4 through a proxy; the rest are ACKs that carried no data (each one more trip through the kernel's TCP stack). \"failed\" counts wrk's socket errors and responses >= 400."
   echo
   # A proxy that did not use its whole core was held back by something other than its own work:
   # the load side (wrk and the upstream share one core) or other processes on the machine. Its
@@ -554,9 +568,16 @@ report() {
     echo "Used under 90% of its core: $idle. Such a proxy was held back by the load side (wrk and the upstream share one core) or by other processes on the machine, not by its own work: its req/s is a lower bound, and CPU per request is the fairer comparison."
     echo
   fi
+  # When the load core was (nearly) always busy in both rows, the load side set the pace of both:
+  # the req/s comparison then measures what each proxy costs wrk and the upstream, and CPU per
+  # request is the comparison of the proxies' own work.
+  if [ "${LOADPCT[spindle-4]%\%}" != "—" ] && [ "${LOADPCT[spindle-4]%\%}" -ge 95 ] && [ "${LOADPCT[nginx]%\%}" -ge 95 ]; then
+    echo "The load core (wrk and the upstream) was busy ${LOADPCT[spindle-4]} of the 4-filter row's run and ${LOADPCT[nginx]} of nginx's: there the load side, not the proxy, set the rate (${LOAD10K[spindle-4]} against ${LOAD10K[nginx]} load-core s / 10k req), so req/s compares what each proxy makes wrk and the upstream spend; CPU per request compares the proxies' own work."
+    echo
+  fi
   echo "4-filter / 2-filter throughput: **$(ratio "${RPS[spindle-4]}" "${RPS[spindle-2]}")**"
   echo
-  echo "Round by round (the 4-filter chain against nginx in the same round, median of the $ROUNDS ratios): req/s $PAIRED_RPS; CPU per request $PAIRED_CPU."
+  echo "Round by round (the 4-filter chain against nginx in the same round, median of the $ROUNDS ratios): req/s $PAIRED_RPS; CPU per request $PAIRED_CPU; the load core's busy time per request $PAIRED_LOAD."
   echo
   if [ "$SYSCALLS" = 1 ]; then
     echo "System calls per request (round 1, \`perf stat -e 'syscalls:sys_enter_*'\` on the proxy's processes over ${SYSCALL_WINDOW} s of the measured run; requests estimated from the run's rate; calls under 0.005 per request left out):"
