@@ -75,7 +75,13 @@ test-pgo: filters test-deps release-pgo
 # compared with, python3 holds the idle connections, valgrind counts instructions. Installing a
 # Debian package of a server starts its system service where systemd runs; the benchmark starts
 # its own processes on loopback ports, so the services this installs are stopped and disabled
-# again.
+# again. oha (crates.io) drives the fixed-rate runs; it goes to target/bench-tools (about 8
+# minutes the first time: it builds rustls's crypto; 1.16 does not build without a TLS feature).
+OHA_VERSION := 1.16.0
+bench-deps: target/bench-tools/bin/oha
+target/bench-tools/bin/oha:
+	$(CARGO) install oha --version $(OHA_VERSION) --locked --root $(CURDIR)/target/bench-tools
+
 bench-deps:
 	@missing=""; \
 	for tool in wrk nginx haproxy python3 valgrind curl; do \

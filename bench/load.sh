@@ -23,6 +23,11 @@
 #                           profile-guided build): one more row, its 4-filter chain, in every round
 #   PERF [0]                1: one more 4-filter run under `perf record`, top symbols printed
 #   SYSCALLS [0]            1: `perf stat` counts each proxy's system calls per request in round 1
+#   RATE [10000]            requests per second of the fixed-rate runs (latency at the same load):
+#                           after its wrk run, every target gets RATE_DURATION seconds of oha at
+#                           this rate in every round; 0 leaves them out
+#   RATE_DURATION [5]       seconds of each fixed-rate run
+#   OHA [target/bench-tools/bin/oha, of `make bench-deps`; else oha on the PATH]   the oha binary
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,6 +50,10 @@ RESULTS="${RESULTS-$ROOT/bench/RESULTS.md}"
 PERF="${PERF:-0}"
 SYSCALLS="${SYSCALLS:-0}"
 OTHER_BIN="${OTHER_BIN:-}"
+RATE="${RATE:-10000}"
+RATE_DURATION="${RATE_DURATION:-5}"
+OHA="${OHA:-$ROOT/target/bench-tools/bin/oha}"
+[ -x "$OHA" ] || OHA="$(command -v oha || echo "$OHA")"
 # Debian puts nginx and haproxy in /usr/sbin, which a non-login shell may not have on its PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -68,16 +77,17 @@ for tool in wrk nginx haproxy python3 taskset; do
 done
 [ -x "$SPINDLE_BIN" ] || die "no spindle binary at $SPINDLE_BIN: run 'make build' first"
 [ -z "$OTHER_BIN" ] || [ -x "$OTHER_BIN" ] || die "no spindle binary at OTHER_BIN=$OTHER_BIN"
+[ "$RATE" = 0 ] || [ -x "$OHA" ] || die "no oha at $OHA (RATE=$RATE): run 'make bench-deps' first"
 [ -x "$UPSTREAM_BIN" ] || die "no demo-upstream binary at $UPSTREAM_BIN: run 'make build' first"
 for f in router balancer retry breaker; do
   [ -f "$FILTERS/$f.wasm" ] || die "no $FILTERS/$f.wasm: run 'make build' first"
 done
 for n in "$CONNECTIONS" "$DURATION" "$WARMUP" "$ROUNDS" "$SWAP_DURATION" "$SWAP_INTERVAL_MS" \
-  "$PROXY_CPU" "$LOAD_CPU" $IDLE_CONNECTIONS; do
+  "$PROXY_CPU" "$LOAD_CPU" "$RATE" "$RATE_DURATION" $IDLE_CONNECTIONS; do
   [[ "$n" =~ ^[0-9]+$ ]] || die "'$n' is not a whole number (see the environment variables at the top)"
 done
-if [ "$ROUNDS" -lt 1 ] || [ "$DURATION" -lt 1 ] || [ "$SWAP_INTERVAL_MS" -lt 50 ]; then
-  die "ROUNDS and DURATION must be at least 1, SWAP_INTERVAL_MS at least 50"
+if [ "$ROUNDS" -lt 1 ] || [ "$DURATION" -lt 1 ] || [ "$RATE_DURATION" -lt 1 ] || [ "$SWAP_INTERVAL_MS" -lt 50 ]; then
+  die "ROUNDS, DURATION and RATE_DURATION must be at least 1, SWAP_INTERVAL_MS at least 50"
 fi
 if ! taskset -c "$PROXY_CPU" true 2>/dev/null || ! taskset -c "$LOAD_CPU" true 2>/dev/null; then
   die "cannot pin to cores $PROXY_CPU and $LOAD_CPU (set PROXY_CPU and LOAD_CPU)"
@@ -186,6 +196,19 @@ load() {
   grep -q '^BENCH ' "$out" || die "wrk printed no summary: $(cat "$out")"
 }
 
+# oha against http://127.0.0.1:PORT/ for RATE_DURATION seconds, paced at RATE requests per second
+# over CONNECTIONS keep-alive connections (an open loop: a slow answer does not slow the next
+# request down); with --latency-correction each latency counts from when its request was due,
+# so queueing behind a stall is measured too. The summary line (as wrk's) goes to OUT.
+rate_load() {
+  local port=$1 out=$2
+  taskset -c "$LOAD_CPU" "$OHA" --no-tui --worker-threads 1 -c "$CONNECTIONS" -q "$RATE" \
+    -z "${RATE_DURATION}s" --latency-correction --output-format json "http://127.0.0.1:$port/" \
+    >"$out.json" 2>"$out.err" || die "oha failed: $(cat "$out.err")"
+  python3 "$HERE/oha_summary.py" "$out.json" >"$out" 2>>"$out.err" ||
+    die "cannot read oha's report: $(cat "$out.err")"
+}
+
 # TCP segments sent in this network namespace so far (the absolute counter, without touching
 # nstat's history): on loopback that is every packet of the run, both ways.
 tcp_segments() {
@@ -291,7 +314,7 @@ fi
 mkdir -p "$WORK/results"
 for round in $(seq 1 "$ROUNDS"); do
   for target in "${TARGETS[@]}"; do
-    log "round $round/$ROUNDS: $target (${WARMUP}s warm-up, ${DURATION}s measured, $CONNECTIONS connections)"
+    log "round $round/$ROUNDS: $target (${WARMUP}s warm-up, ${DURATION}s measured, $CONNECTIONS connections$([ "$RATE" -gt 0 ] && echo ", then ${RATE_DURATION}s at $RATE req/s"))"
     start_proxy "$target"
     if [ "$WARMUP" -gt 0 ]; then
       load "$PROXY_PORT" "$WARMUP" "$WORK/warmup.out"
@@ -321,6 +344,21 @@ for round in $(seq 1 "$ROUNDS"); do
       wait "$SYSCALL_PID"
       syscalls_per_request "$target" "$out"
     fi
+    # The same process at the fixed rate: every target serves the same load here.
+    if [ "$RATE" -gt 0 ]; then
+      read -r load_busy0 load_total0 <<<"$(core_ticks "$LOAD_CPU")"
+      [ -n "$PROXY_PID" ] && read -r user0 system0 <<<"$(cpu_ticks "$PROXY_PID")"
+      rate_load "$PROXY_PORT" "$out.rate"
+      if [ -n "$PROXY_PID" ]; then
+        read -r user1 system1 <<<"$(cpu_ticks "$PROXY_PID")"
+        echo "ticks=$((user1 - user0 + system1 - system0))" >>"$out.rate"
+      else
+        echo "ticks=-1" >>"$out.rate"
+      fi
+      read -r load_busy1 load_total1 <<<"$(core_ticks "$LOAD_CPU")"
+      echo "load_busy=$((load_busy1 - load_busy0))" >>"$out.rate"
+      echo "load_total=$((load_total1 - load_total0))" >>"$out.rate"
+    fi
     if [ -n "$PROXY_PID" ]; then
       stop "$PROXY_PID"
     fi
@@ -329,10 +367,15 @@ done
 
 # round_value TARGET ROUND METRIC: that round's requests per second ("rps"), the proxy's CPU per
 # request ("cpu") or the load core's busy time per request ("load"), both in clock ticks, or the
-# p99 latency in microseconds ("p99").
+# p99 latency in microseconds ("p99"); with "rate_" in front (rate_p99...), of the round's
+# fixed-rate run.
 round_value() {
-  local f="$WORK/results/$1.$2"
-  case "$3" in
+  local f="$WORK/results/$1.$2" m=$3
+  if [[ "$m" == rate_* ]]; then
+    f="$f.rate"
+    m="${m#rate_}"
+  fi
+  case "$m" in
     rps) awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.6f", n * 1e6 / d }' ;;
     cpu) awk -v t="$(sed -n 's/^ticks=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
     load) awk -v t="$(sed -n 's/^load_busy=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
@@ -392,7 +435,7 @@ paired() {
   local target=$1 metric=$2 r
   for r in $(seq 1 "$ROUNDS"); do
     awk -v a="$(round_value "$target" "$r" "$metric")" -v b="$(round_value nginx "$r" "$metric")" 'BEGIN { if (b + 0 > 0) printf "%.4f\n", a / b }'
-  done | sort -n | awk -v metric="$metric" '
+  done | sort -n | awk -v metric="${metric#rate_}" '
     { v[NR] = $1; if ((metric == "rps" && $1 >= 1) || (metric == "p99" && $1 <= 1.2) || ((metric == "cpu" || metric == "load") && $1 <= 1)) good++ }
     END {
       if (NR == 0) { print "—"; exit }
@@ -405,6 +448,38 @@ PAIRED_RPS="$(paired spindle-4 rps)"
 PAIRED_CPU="$(paired spindle-4 cpu)"
 PAIRED_LOAD="$(paired spindle-4 load)"
 PAIRED_P99="$(paired spindle-4 p99)"
+
+# The fixed-rate runs: each target's median round by p99, and the lowest rate any round reached.
+declare -A R_RPS R_MIN R_P50 R_P99 R_P999 R_CPU10K R_CPUPCT R_LOADPCT R_FAILED
+if [ "$RATE" -gt 0 ]; then
+  for target in "${TARGETS[@]}"; do
+    f="$(for r in $(seq 1 "$ROUNDS"); do
+      echo "$(round_value "$target" "$r" rate_p99) $WORK/results/$target.$r.rate"
+    done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }')"
+    requests="$(field "$f" requests)"
+    dur="$(field "$f" duration_us)"
+    ticks="$(sed -n 's/^ticks=//p' "$f")"
+    R_RPS[$target]="$(awk -v n="$requests" -v d="$dur" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
+    R_MIN[$target]="$(for r in $(seq 1 "$ROUNDS"); do
+      round_value "$target" "$r" rate_rps
+      echo
+    done | sort -n | awk 'NR == 1 { printf "%.0f", $1 }')"
+    R_P50[$target]="$(field "$f" p50_us)"
+    R_P99[$target]="$(field "$f" p99_us)"
+    R_P999[$target]="$(field "$f" p999_us)"
+    R_FAILED[$target]="$(field "$f" failed)"
+    R_LOADPCT[$target]="$(awk -v b="$(sed -n 's/^load_busy=//p' "$f")" -v t="$(sed -n 's/^load_total=//p' "$f")" 'BEGIN { if (t + 0 > 0) printf "%.0f%%", b / t * 100; else print "—" }')"
+    if [ "$ticks" -ge 0 ]; then
+      R_CPU10K[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
+      R_CPUPCT[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v d="$dur" 'BEGIN { printf "%.0f%%", t / hz / (d / 1e6) * 100 }')"
+    else
+      R_CPU10K[$target]="—"
+      R_CPUPCT[$target]="—"
+    fi
+  done
+  PAIRED_RATE_P99="$(paired spindle-4 rate_p99)"
+  PAIRED_RATE_CPU="$(paired spindle-4 rate_cpu)"
+fi
 
 # ---- hot swap under load
 log "hot swap: ${SWAP_DURATION}s of load on the 4-filter chain, balancer.wasm replaced every ${SWAP_INTERVAL_MS} ms"
@@ -558,7 +633,7 @@ report() {
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(uname -sr); shared with other work, so numbers are noisy"
   echo "- Load average before: ${LOAD_BEFORE##*load average: }; after: ${LOAD_AFTER##*load average: }"
-  echo "- Command: \`make bench-load\` (\`SPINDLE_BIN=${SPINDLE_BIN#"$ROOT"/}${OTHER_BIN:+ OTHER_BIN=${OTHER_BIN#"$ROOT"/}} CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS SWAP_DURATION=$SWAP_DURATION SWAP_INTERVAL_MS=$SWAP_INTERVAL_MS IDLE_CONNECTIONS=\"$IDLE_CONNECTIONS\" PERF=$PERF SYSCALLS=$SYSCALLS bash bench/load.sh\`)"
+  echo "- Command: \`make bench-load\` (\`SPINDLE_BIN=${SPINDLE_BIN#"$ROOT"/}${OTHER_BIN:+ OTHER_BIN=${OTHER_BIN#"$ROOT"/}} CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS RATE=$RATE RATE_DURATION=$RATE_DURATION SWAP_DURATION=$SWAP_DURATION SWAP_INTERVAL_MS=$SWAP_INTERVAL_MS IDLE_CONNECTIONS=\"$IDLE_CONNECTIONS\" PERF=$PERF SYSCALLS=$SYSCALLS bash bench/load.sh\`)"
   case "$SPINDLE_BIN" in
     *target/pgo/spindle) echo "- Spindle: \`target/pgo/spindle\`, the profile-guided release build (\`make release-pgo\`, bench/pgo.sh)" ;;
     *target/release/spindle) echo "- Spindle: \`target/release/spindle\`, the release build without profile guidance (\`PGO=0\`)" ;;
@@ -611,6 +686,30 @@ report() {
     done
     echo
   fi
+  if [ "$RATE" -gt 0 ]; then
+    echo "## Latency at the same load"
+    echo
+    echo "After its wrk run, in every round, the same process of every target got ${RATE_DURATION}s of \`oha -c $CONNECTIONS -q $RATE --latency-correction\` ($("$OHA" --version | awk '{ print $2 }'), one thread, on core $LOAD_CPU with the upstream): the same $RATE requests per second for all, paced by the load generator whatever the answers' speed (an open loop), each latency counted from when its request was due. Each row is the target's median round by p99."
+    echo
+    echo "| target | req/s | lowest req/s of the rounds | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | proxy CPU s / 10k req | proxy CPU | load core busy | failed |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for t in "${TARGETS[@]}"; do
+      echo "| ${LABEL[$t]} | ${R_RPS[$t]} | ${R_MIN[$t]} | $(ms "${R_P50[$t]}") | $(ms "${R_P99[$t]}") | $(ms "${R_P999[$t]}") | $(ratio "${R_P99[$t]}" "${R_P99[nginx]}") | ${R_CPU10K[$t]} | ${R_CPUPCT[$t]} | ${R_LOADPCT[$t]} | ${R_FAILED[$t]} |"
+    done
+    echo
+    local behind=""
+    for t in "${TARGETS[@]}"; do
+      if [ "${R_MIN[$t]}" -lt $((RATE * 98 / 100)) ]; then
+        behind="$behind${behind:+, }${LABEL[$t]} (${R_MIN[$t]} req/s)"
+      fi
+    done
+    if [ -n "$behind" ]; then
+      echo "Fell short of $RATE req/s in at least one round: $behind. The load side or the proxy could not keep that rate there; those latencies include the backlog."
+      echo
+    fi
+    echo "Round by round (the 4-filter chain against nginx in the same round, median of the $ROUNDS ratios): p99 $PAIRED_RATE_P99; CPU per request $PAIRED_RATE_CPU."
+    echo
+  fi
   echo "## Hot swap under load"
   echo
   echo "${SWAP_DURATION}s of the same load on the 4-filter chain while \`balancer.wasm\` is replaced (copy beside it, rename over it) every ${SWAP_INTERVAL_MS} ms, alternating between two variants that differ by a custom section."
@@ -652,7 +751,16 @@ report() {
   fi
   echo "| 4-filter throughput >= 1.0x nginx | $(ratio "${RPS[spindle-4]}" "${RPS[nginx]}")x$per_core; round by round $PAIRED_RPS | $(verdict "${RPS[spindle-4]} >= ${RPS[nginx]}") |"
   echo "| CPU per request <= nginx | ${CPU10K[spindle-4]} vs ${CPU10K[nginx]} CPU s / 10k req; round by round $PAIRED_CPU | $(verdict "${CPU10K[spindle-4]} <= ${CPU10K[nginx]}") |"
-  echo "| p99 <= 1.2x nginx p99 | $(ms "${P99[spindle-4]}") vs $(ms "${P99[nginx]}") ms ($(ratio "${P99[spindle-4]}" "${P99[nginx]}")x); round by round $PAIRED_P99 | $(verdict "${P99[spindle-4]} <= 1.2 * ${P99[nginx]}") |"
+  if [ "$RATE" -gt 0 ]; then
+    # A row whose median round fell short of the rate did not serve the same load: no verdict.
+    local rate_verdict
+    rate_verdict="$(verdict "${R_P99[spindle-4]} <= 1.2 * ${R_P99[nginx]}")"
+    if [ "${R_RPS[spindle-4]}" -lt $((RATE * 98 / 100)) ] || [ "${R_RPS[nginx]}" -lt $((RATE * 98 / 100)) ]; then
+      rate_verdict="not measured: the rate was not reached (${R_RPS[spindle-4]} and ${R_RPS[nginx]} req/s)"
+    fi
+    echo "| p99 <= 1.2x nginx p99 at the same load ($RATE req/s, oha) | $(ms "${R_P99[spindle-4]}") vs $(ms "${R_P99[nginx]}") ms ($(ratio "${R_P99[spindle-4]}" "${R_P99[nginx]}")x); round by round $PAIRED_RATE_P99 | $rate_verdict |"
+  fi
+  echo "| p99 <= 1.2x nginx p99, each at its own saturation (wrk) | $(ms "${P99[spindle-4]}") vs $(ms "${P99[nginx]}") ms ($(ratio "${P99[spindle-4]}" "${P99[nginx]}")x); round by round $PAIRED_P99 | $(verdict "${P99[spindle-4]} <= 1.2 * ${P99[nginx]}") |"
   echo "| 0 failed requests during swaps (with reloads happening) | $SWAP_FAILED failed, $SWAP_RELOADS reloads | $(verdict "$SWAP_FAILED == 0 && $SWAP_RELOADS > 0") |"
   echo "| idle RSS <= 40 MB | $(awk -v k="$IDLE_RSS_KB" 'BEGIN { printf "%.1f", k / 1024 }') MB | $(verdict "$IDLE_RSS_KB <= 40 * 1024") |"
   echo "| <= 20 KB per idle keep-alive connection | $KB_PER_CONN KB (from $PREV_STEP to $LAST_STEP connections) | $(verdict "$KB_PER_CONN <= 20") |"
