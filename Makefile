@@ -119,7 +119,7 @@ BENCH_SPINDLE := $(CURDIR)/target/pgo/spindle
 BENCH_OTHER := $(CURDIR)/target/release/spindle
 endif
 
-# The end-to-end load benchmark (bench/load.sh: about 4 minutes, results in bench/RESULTS.md).
+# The end-to-end load benchmark (bench/load.sh: about 7 minutes, results in bench/RESULTS.md).
 # Not part of `make test`.
 bench-load: build bench-deps $(BENCH_BUILD)
 	SPINDLE_BIN=$(BENCH_SPINDLE) OTHER_BIN=$(BENCH_OTHER) bash bench/load.sh
