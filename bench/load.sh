@@ -383,10 +383,13 @@ round_value() {
   esac
 }
 # The median round of a target (by requests per second): prints its wrk output file.
+# median_round TARGET [METRIC]: the same by another round_value METRIC; for a "rate_" metric,
+# the fixed-rate run's output file.
 median_round() {
-  local target=$1 r
+  local target=$1 metric=${2:-rps} r suffix=""
+  [[ "$metric" == rate_* ]] && suffix=.rate
   for r in $(seq 1 "$ROUNDS"); do
-    echo "$(round_value "$target" "$r" rps) $WORK/results/$target.$r"
+    echo "$(round_value "$target" "$r" "$metric") $WORK/results/$target.$r$suffix"
   done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }'
 }
 
@@ -453,9 +456,7 @@ PAIRED_P99="$(paired spindle-4 p99)"
 declare -A R_RPS R_MIN R_P50 R_P99 R_P999 R_CPU10K R_CPUPCT R_LOADPCT R_FAILED
 if [ "$RATE" -gt 0 ]; then
   for target in "${TARGETS[@]}"; do
-    f="$(for r in $(seq 1 "$ROUNDS"); do
-      echo "$(round_value "$target" "$r" rate_p99) $WORK/results/$target.$r.rate"
-    done | sort -n | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m { print $2 }')"
+    f="$(median_round "$target" rate_p99)"
     requests="$(field "$f" requests)"
     dur="$(field "$f" duration_us)"
     ticks="$(sed -n 's/^ticks=//p' "$f")"
