@@ -26,7 +26,7 @@
 #   RATE [10000]            requests per second of the fixed-rate runs (latency at the same load):
 #                           after its wrk run, every target gets RATE_DURATION seconds of oha at
 #                           this rate in every round; 0 leaves them out
-#   RATE_DURATION [5]       seconds of each fixed-rate run
+#   RATE_DURATION [10]      seconds of each fixed-rate run
 #   OHA [target/bench-tools/bin/oha, of `make bench-deps`; else oha on the PATH]   the oha binary
 set -euo pipefail
 
@@ -51,7 +51,7 @@ PERF="${PERF:-0}"
 SYSCALLS="${SYSCALLS:-0}"
 OTHER_BIN="${OTHER_BIN:-}"
 RATE="${RATE:-10000}"
-RATE_DURATION="${RATE_DURATION:-5}"
+RATE_DURATION="${RATE_DURATION:-10}"
 OHA="${OHA:-$ROOT/target/bench-tools/bin/oha}"
 [ -x "$OHA" ] || OHA="$(command -v oha || echo "$OHA")"
 # Debian puts nginx and haproxy in /usr/sbin, which a non-login shell may not have on its PATH.
@@ -245,6 +245,35 @@ declare -A SYSCALL_LINE
 field() {
   grep '^BENCH ' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'
 }
+# The value of KEY in one of the KEY=VALUE lines the script adds to an output file (ticks=...).
+counter() {
+  sed -n "s/^$2=//p" "$1"
+}
+# per_second N MICROSECONDS: N per second, rounded.
+per_second() {
+  awk -v n="$1" -v d="$2" 'BEGIN { printf "%.0f", n * 1e6 / d }'
+}
+# per_10k TICKS REQUESTS: CPU seconds per 10k requests.
+per_10k() {
+  awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { printf "%.3f", t / hz / n * 10000 }'
+}
+# core_share TICKS MICROSECONDS: how much of one core TICKS is over that time, as a percentage.
+core_share() {
+  awk -v t="$1" -v hz="$CLK_TCK" -v d="$2" 'BEGIN { printf "%.0f%%", t / hz / (d / 1e6) * 100 }'
+}
+# load_share OUTPUT-FILE: how busy the load core was during the run ("—" when not read).
+load_share() {
+  awk -v b="$(counter "$1" load_busy)" -v t="$(counter "$1" load_total)" \
+    'BEGIN { if (t + 0 > 0) printf "%.0f%%", b / t * 100; else print "—" }'
+}
+# sorted_rounds TARGET METRIC: a round_value METRIC of every round, one per line, lowest first.
+sorted_rounds() {
+  local r
+  for r in $(seq 1 "$ROUNDS"); do
+    round_value "$1" "$r" "$2"
+    echo
+  done | sort -n
+}
 
 # ---- configs
 
@@ -287,7 +316,7 @@ start_proxy() {
 
 # ---- upstream
 log "upstream: demo-upstream on 127.0.0.1:$UPSTREAM_PORT, core $LOAD_CPU"
-start upstream "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench
+start upstream "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench --threads 1
 UPSTREAM_PID=$STARTED
 wait_for_port "$UPSTREAM_PORT" demo-upstream
 
@@ -377,8 +406,8 @@ round_value() {
   fi
   case "$m" in
     rps) awk -v n="$(field "$f" requests)" -v d="$(field "$f" duration_us)" 'BEGIN { printf "%.6f", n * 1e6 / d }' ;;
-    cpu) awk -v t="$(sed -n 's/^ticks=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
-    load) awk -v t="$(sed -n 's/^load_busy=//p' "$f")" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
+    cpu) awk -v t="$(counter "$f" ticks)" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
+    load) awk -v t="$(counter "$f" load_busy)" -v n="$(field "$f" requests)" 'BEGIN { printf "%.9f", t / n }' ;;
     p99) field "$f" p99_us ;;
   esac
 }
@@ -398,12 +427,12 @@ for target in "${TARGETS[@]}"; do
   f="$(median_round "$target")"
   requests="$(field "$f" requests)"
   dur="$(field "$f" duration_us)"
-  ticks="$(sed -n 's/^ticks=//p' "$f")"
-  user_ticks="$(sed -n 's/^user_ticks=//p' "$f")"
-  RPS[$target]="$(awk -v n="$requests" -v d="$dur" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
-  SEGS[$target]="$(awk -v s="$(sed -n 's/^segs=//p' "$f")" -v n="$requests" 'BEGIN { if (s + 0 > 0) printf "%.2f", s / n; else print "—" }')"
-  LOADPCT[$target]="$(awk -v b="$(sed -n 's/^load_busy=//p' "$f")" -v t="$(sed -n 's/^load_total=//p' "$f")" 'BEGIN { if (t + 0 > 0) printf "%.0f%%", b / t * 100; else print "—" }')"
-  LOAD10K[$target]="$(awk -v b="$(sed -n 's/^load_busy=//p' "$f")" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", b / hz / n * 10000 }')"
+  ticks="$(counter "$f" ticks)"
+  user_ticks="$(counter "$f" user_ticks)"
+  RPS[$target]="$(per_second "$requests" "$dur")"
+  SEGS[$target]="$(awk -v s="$(counter "$f" segs)" -v n="$requests" 'BEGIN { if (s + 0 > 0) printf "%.2f", s / n; else print "—" }')"
+  LOADPCT[$target]="$(load_share "$f")"
+  LOAD10K[$target]="$(per_10k "$(counter "$f" load_busy)" "$requests")"
   P50[$target]="$(field "$f" p50_us)"
   P99[$target]="$(field "$f" p99_us)"
   P999[$target]="$(field "$f" p999_us)"
@@ -413,20 +442,17 @@ for target in "${TARGETS[@]}"; do
   done
   ERRORS[$target]=$errors
   if [ "$ticks" -ge 0 ]; then
-    CPU10K[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
-    CPUPCT[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v d="$dur" 'BEGIN { printf "%.0f%%", t / hz / (d / 1e6) * 100 }')"
-    USER10K[$target]="$(awk -v t="$user_ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
-    SYS10K[$target]="$(awk -v t="$((ticks - user_ticks))" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
+    CPU10K[$target]="$(per_10k "$ticks" "$requests")"
+    CPUPCT[$target]="$(core_share "$ticks" "$dur")"
+    USER10K[$target]="$(per_10k "$user_ticks" "$requests")"
+    SYS10K[$target]="$(per_10k "$((ticks - user_ticks))" "$requests")"
   else
     USER10K[$target]="—"
     SYS10K[$target]="—"
     CPU10K[$target]="—"
     CPUPCT[$target]="—"
   fi
-  RANGE[$target]="$(for r in $(seq 1 "$ROUNDS"); do
-    round_value "$target" "$r" rps
-    echo
-  done | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }')"
+  RANGE[$target]="$(sorted_rounds "$target" rps | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }')"
 done
 
 # Rounds are interleaved, so a target and nginx measured in the same round share the machine's
@@ -459,20 +485,17 @@ if [ "$RATE" -gt 0 ]; then
     f="$(median_round "$target" rate_p99)"
     requests="$(field "$f" requests)"
     dur="$(field "$f" duration_us)"
-    ticks="$(sed -n 's/^ticks=//p' "$f")"
-    R_RPS[$target]="$(awk -v n="$requests" -v d="$dur" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
-    R_MIN[$target]="$(for r in $(seq 1 "$ROUNDS"); do
-      round_value "$target" "$r" rate_rps
-      echo
-    done | sort -n | awk 'NR == 1 { printf "%.0f", $1 }')"
+    ticks="$(counter "$f" ticks)"
+    R_RPS[$target]="$(per_second "$requests" "$dur")"
+    R_MIN[$target]="$(sorted_rounds "$target" rate_rps | awk 'NR == 1 { printf "%.0f", $1 }')"
     R_P50[$target]="$(field "$f" p50_us)"
     R_P99[$target]="$(field "$f" p99_us)"
     R_P999[$target]="$(field "$f" p999_us)"
     R_FAILED[$target]="$(field "$f" failed)"
-    R_LOADPCT[$target]="$(awk -v b="$(sed -n 's/^load_busy=//p' "$f")" -v t="$(sed -n 's/^load_total=//p' "$f")" 'BEGIN { if (t + 0 > 0) printf "%.0f%%", b / t * 100; else print "—" }')"
+    R_LOADPCT[$target]="$(load_share "$f")"
     if [ "$ticks" -ge 0 ]; then
-      R_CPU10K[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')"
-      R_CPUPCT[$target]="$(awk -v t="$ticks" -v hz="$CLK_TCK" -v d="$dur" 'BEGIN { printf "%.0f%%", t / hz / (d / 1e6) * 100 }')"
+      R_CPU10K[$target]="$(per_10k "$ticks" "$requests")"
+      R_CPUPCT[$target]="$(core_share "$ticks" "$dur")"
     else
       R_CPU10K[$target]="—"
       R_CPUPCT[$target]="—"
@@ -525,23 +548,27 @@ swap_files() {
   SWAPPER=$!
   PIDS+=("$SWAPPER")
 }
+# reloads RESULT: the swap proxy's balancer reloads so far with that result (ok, error).
+reloads() {
+  metric "$SWAP_ADMIN" "spindle_filter_reloads_total{filter=\"balancer\",result=\"$1\"}"
+}
 # The control: the same writes, the same processes, into a folder Spindle does not watch, so that
 # what the swapping itself costs the machine is told apart from what a reload costs Spindle.
 mkdir -p "$WORK/control"
-ok_before="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="ok"}')"
+ok_before="$(reloads ok)"
 swap_files "$WORK/control"
 load "$SWAP_PORT" "$SWAP_DURATION" "$WORK/swap-control.out"
 wait "$SWAPPER" || true
-CONTROL_RELOADS=$(($(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="ok"}') - ok_before))
+CONTROL_RELOADS=$(($(reloads ok) - ok_before))
 CONTROL_P99="$(field "$WORK/swap-control.out" p99_us)"
-ok_before="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="ok"}')"
-err_before="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="error"}')"
+ok_before="$(reloads ok)"
+err_before="$(reloads error)"
 swap_files "$WORK/swap"
 load "$SWAP_PORT" "$SWAP_DURATION" "$WORK/swap.out"
 wait "$SWAPPER" || true
 sleep 1.5
-ok_after="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="ok"}')"
-err_after="$(metric "$SWAP_ADMIN" 'spindle_filter_reloads_total{filter="balancer",result="error"}')"
+ok_after="$(reloads ok)"
+err_after="$(reloads error)"
 stop "$SWAP_PID"
 SWAP_RELOADS=$((ok_after - ok_before))
 SWAP_RELOAD_ERRORS=$((err_after - err_before))
@@ -550,7 +577,7 @@ for k in err_connect err_read err_write err_timeout err_status; do
   SWAP_FAILED=$((SWAP_FAILED + $(field "$WORK/swap.out" "$k")))
 done
 SWAP_REQUESTS="$(field "$WORK/swap.out" requests)"
-SWAP_RPS="$(awk -v n="$SWAP_REQUESTS" -v d="$(field "$WORK/swap.out" duration_us)" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
+SWAP_RPS="$(per_second "$SWAP_REQUESTS" "$(field "$WORK/swap.out" duration_us)")"
 SWAP_P99="$(field "$WORK/swap.out" p99_us)"
 
 # ---- memory with idle keep-alive connections
@@ -640,7 +667,7 @@ report() {
     *target/release/spindle) echo "- Spindle: \`target/release/spindle\`, the release build without profile guidance (\`PGO=0\`)" ;;
     *) echo "- Spindle: \`$SPINDLE_BIN\`" ;;
   esac
-  echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`, HTTP/1.1 keep-alive, GET / answered 200 with a 6-byte body by \`demo-upstream\` (hyper, 1 worker thread); ${WARMUP}s warm-up before every run; each proxy started afresh for each run"
+  echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`, HTTP/1.1 keep-alive, GET / answered 200 with a 6-byte body by \`demo-upstream --threads 1\` (hyper on a current-thread runtime); ${WARMUP}s warm-up before every run; each proxy started afresh for each run"
   echo "- Pinning: each proxy on core $PROXY_CPU (\`taskset -c $PROXY_CPU\`), upstream and wrk on core $LOAD_CPU; one serving thread per proxy: Spindle \`[runtime] worker_threads = 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`"
   echo "- All proxies keep upstream connections alive (nginx \`keepalive\` + \`proxy_http_version 1.1\` + \`Connection \"\"\`, HAProxy \`http-reuse always\`) and add \`X-Forwarded-For\` as Spindle does; Spindle runs with \`--log-level warn\`"
   echo "- $ROUNDS rounds over all targets; each row is the target's median round by req/s (the range column shows all rounds)"

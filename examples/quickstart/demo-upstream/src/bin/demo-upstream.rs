@@ -1,6 +1,7 @@
-//! `demo-upstream --listen ADDR --name NAME [--fail-rate R] [--delay-ms N]`: an HTTP/1.1 + HTTP/2
-//! service for the quickstart. It answers 200 with its name in the body and in `x-upstream`, or
-//! 503 with probability `--fail-rate`. It prints one line when it is listening, nothing per request.
+//! `demo-upstream --listen ADDR --name NAME [--fail-rate R] [--delay-ms N] [--threads N]`: an
+//! HTTP/1.1 + HTTP/2 service for the quickstart. It answers 200 with its name in the body and in
+//! `x-upstream`, or 503 with probability `--fail-rate`. It prints one line when it is listening,
+//! nothing per request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,6 +36,10 @@ struct Args {
     /// Delay before every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Worker threads: 0 is one per core it may run on; 1 serves on the main thread alone (no
+    /// work-stealing scheduler, the cheapest per request: the load benchmark's upstream).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 struct Service {
@@ -43,13 +48,29 @@ struct Service {
     delay: Duration,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.fail_rate),
         "--fail-rate must be between 0 and 1"
     );
+    let mut builder = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("start the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
