@@ -17,7 +17,9 @@
 #   SWAP_DURATION [20]      seconds of load during the hot swap test
 #   SWAP_INTERVAL_MS [500]  time between two module replacements
 #   IDLE_CONNECTIONS ["1000 10000"]  steps of the memory test (connections open in all)
-#   PROXY_CPU [0], LOAD_CPU [1]      cores: each proxy on PROXY_CPU; upstream, wrk, clients on LOAD_CPU
+#   PROXY_CPU [0], LOAD_CPU [1]      cores: each proxy on PROXY_CPU; upstream, wrk, clients on LOAD_CPU,
+#                           which may be a list as taskset takes it (2-3, 1,3): on a machine with
+#                           more cores, so that the load side no longer sets the rate
 #   RESULTS [bench/RESULTS.md]       where the report is written as well as printed (empty: nowhere)
 #   OTHER_BIN [empty]       another spindle binary (e.g. target/release/spindle beside the
 #                           profile-guided build): one more row, its 4-filter chain, in every round
@@ -83,9 +85,19 @@ for f in router balancer retry breaker; do
   [ -f "$FILTERS/$f.wasm" ] || die "no $FILTERS/$f.wasm: run 'make build' first"
 done
 for n in "$CONNECTIONS" "$DURATION" "$WARMUP" "$ROUNDS" "$SWAP_DURATION" "$SWAP_INTERVAL_MS" \
-  "$PROXY_CPU" "$LOAD_CPU" "$RATE" "$RATE_DURATION" $IDLE_CONNECTIONS; do
+  "$PROXY_CPU" "$RATE" "$RATE_DURATION" $IDLE_CONNECTIONS; do
   [[ "$n" =~ ^[0-9]+$ ]] || die "'$n' is not a whole number (see the environment variables at the top)"
 done
+[[ "$LOAD_CPU" =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] ||
+  die "LOAD_CPU='$LOAD_CPU' is not a core or a list of cores (1, 2-3, 1,3)"
+# The load cores one by one ("1 2 3" for 1-3).
+LOAD_CORES=""
+for part in ${LOAD_CPU//,/ }; do
+  LOAD_CORES="$LOAD_CORES $(seq "${part%-*}" "${part#*-}" | paste -sd' ')"
+done
+LOAD_CORES="${LOAD_CORES# }"
+LOAD_WHERE="core $LOAD_CPU"
+[[ "$LOAD_CORES" == *" "* ]] && LOAD_WHERE="cores $LOAD_CPU"
 if [ "$ROUNDS" -lt 1 ] || [ "$DURATION" -lt 1 ] || [ "$RATE_DURATION" -lt 1 ] || [ "$SWAP_INTERVAL_MS" -lt 50 ]; then
   die "ROUNDS, DURATION and RATE_DURATION must be at least 1, SWAP_INTERVAL_MS at least 50"
 fi
@@ -176,10 +188,13 @@ cpu_ticks() {
   echo "$user $system"
 }
 
-# Busy and total clock ticks of one core since boot, from /proc/stat's "cpuN" line: prints
-# "BUSY TOTAL" (busy is user, nice, system, irq, softirq and steal; total adds idle and iowait).
+# Busy and total clock ticks of the load cores since boot, summed over their "cpuN" lines of
+# /proc/stat: prints "BUSY TOTAL" (busy is user, nice, system, irq, softirq and steal; total
+# adds idle and iowait).
 core_ticks() {
-  awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+  awk -v cores=" $LOAD_CORES " 'index(cores, " " substr($1, 4) " ") && $1 ~ /^cpu[0-9]+$/ {
+      b = $2 + $3 + $4 + $7 + $8 + $9; busy += b; total += b + $5 + $6
+    } END { print busy + 0, total + 0 }' /proc/stat
 }
 
 metric() {
@@ -315,7 +330,7 @@ start_proxy() {
 }
 
 # ---- upstream
-log "upstream: demo-upstream on 127.0.0.1:$UPSTREAM_PORT, core $LOAD_CPU"
+log "upstream: demo-upstream on 127.0.0.1:$UPSTREAM_PORT, $LOAD_WHERE"
 start upstream "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UPSTREAM_PORT" --name bench --threads 1
 UPSTREAM_PID=$STARTED
 wait_for_port "$UPSTREAM_PORT" demo-upstream
@@ -353,7 +368,7 @@ for round in $(seq 1 "$ROUNDS"); do
     # when on, is collected after: tearing `perf stat` down takes seconds).
     SYSCALL_PID=""
     segs0="$(tcp_segments)"
-    read -r load_busy0 load_total0 <<<"$(core_ticks "$LOAD_CPU")"
+    read -r load_busy0 load_total0 <<<"$(core_ticks)"
     if [ -n "$PROXY_PID" ]; then
       read -r user0 system0 <<<"$(cpu_ticks "$PROXY_PID")"
       count_syscalls "$target" "$round"
@@ -365,7 +380,7 @@ for round in $(seq 1 "$ROUNDS"); do
       load "$PROXY_PORT" "$DURATION" "$out"
       echo "ticks=-1" >>"$out"
     fi
-    read -r load_busy1 load_total1 <<<"$(core_ticks "$LOAD_CPU")"
+    read -r load_busy1 load_total1 <<<"$(core_ticks)"
     echo "segs=$(($(tcp_segments) - segs0))" >>"$out"
     echo "load_busy=$((load_busy1 - load_busy0))" >>"$out"
     echo "load_total=$((load_total1 - load_total0))" >>"$out"
@@ -375,7 +390,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     # The same process at the fixed rate: every target serves the same load here.
     if [ "$RATE" -gt 0 ]; then
-      read -r load_busy0 load_total0 <<<"$(core_ticks "$LOAD_CPU")"
+      read -r load_busy0 load_total0 <<<"$(core_ticks)"
       [ -n "$PROXY_PID" ] && read -r user0 system0 <<<"$(cpu_ticks "$PROXY_PID")"
       rate_load "$PROXY_PORT" "$out.rate"
       if [ -n "$PROXY_PID" ]; then
@@ -384,7 +399,7 @@ for round in $(seq 1 "$ROUNDS"); do
       else
         echo "ticks=-1" >>"$out.rate"
       fi
-      read -r load_busy1 load_total1 <<<"$(core_ticks "$LOAD_CPU")"
+      read -r load_busy1 load_total1 <<<"$(core_ticks)"
       echo "load_busy=$((load_busy1 - load_busy0))" >>"$out.rate"
       echo "load_total=$((load_total1 - load_total0))" >>"$out.rate"
     fi
@@ -668,7 +683,7 @@ report() {
     *) echo "- Spindle: \`$SPINDLE_BIN\`" ;;
   esac
   echo "- Load: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\`, HTTP/1.1 keep-alive, GET / answered 200 with a 6-byte body by \`demo-upstream --threads 1\` (hyper on a current-thread runtime); ${WARMUP}s warm-up before every run; each proxy started afresh for each run"
-  echo "- Pinning: each proxy on core $PROXY_CPU (\`taskset -c $PROXY_CPU\`), upstream and wrk on core $LOAD_CPU; one serving thread per proxy: Spindle \`[runtime] worker_threads = 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`"
+  echo "- Pinning: each proxy on core $PROXY_CPU (\`taskset -c $PROXY_CPU\`), upstream and wrk on $LOAD_WHERE; one serving thread per proxy: Spindle \`[runtime] worker_threads = 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`"
   echo "- All proxies keep upstream connections alive (nginx \`keepalive\` + \`proxy_http_version 1.1\` + \`Connection \"\"\`, HAProxy \`http-reuse always\`) and add \`X-Forwarded-For\` as Spindle does; Spindle runs with \`--log-level warn\`"
   echo "- $ROUNDS rounds over all targets; each row is the target's median round by req/s (the range column shows all rounds)"
   echo
@@ -680,7 +695,7 @@ report() {
     echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${USER10K[$t]} / ${SYS10K[$t]} | ${CPUPCT[$t]} | ${LOADPCT[$t]} | ${LOAD10K[$t]} | ${SEGS[$t]} | ${ERRORS[$t]} |"
   done
   echo
-  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"load core\" is core $LOAD_CPU, where wrk and the upstream run, from /proc/stat over the measured run: how busy it was, and its busy time (wrk, the upstream, the kernel's work for both, anything else on that core) per 10k requests; at 100% busy, req/s is bounded by the load side's cost per request, which the proxy changes only through what it makes wrk and the upstream do (wake-ups, segments). \"TCP segments / req\" counts every loopback segment sent during the run (wrk, proxy and upstream, both ways; \`nstat\`'s TcpOutSegs) per request: 2 is the least for the upstream alone, 4 through a proxy; the rest are ACKs that carried no data (each one more trip through the kernel's TCP stack). \"failed\" counts wrk's socket errors and responses >= 400."
+  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"load core\" is $LOAD_WHERE, where wrk and the upstream run, from /proc/stat over the measured run: how busy it was (with several cores, their average), and its busy time (wrk, the upstream, the kernel's work for both, anything else on that core) per 10k requests; at 100% busy, req/s is bounded by the load side's cost per request, which the proxy changes only through what it makes wrk and the upstream do (wake-ups, segments). \"TCP segments / req\" counts every loopback segment sent during the run (wrk, proxy and upstream, both ways; \`nstat\`'s TcpOutSegs) per request: 2 is the least for the upstream alone, 4 through a proxy; the rest are ACKs that carried no data (each one more trip through the kernel's TCP stack). \"failed\" counts wrk's socket errors and responses >= 400."
   echo
   # A proxy that did not use its whole core was held back by something other than its own work:
   # the load side (wrk and the upstream share one core) or other processes on the machine. Its
@@ -717,7 +732,7 @@ report() {
   if [ "$RATE" -gt 0 ]; then
     echo "## Latency at the same load"
     echo
-    echo "After its wrk run, in every round, the same process of every target got ${RATE_DURATION}s of \`oha -c $CONNECTIONS -q $RATE --latency-correction\` ($("$OHA" --version | awk '{ print $2 }'), one thread, on core $LOAD_CPU with the upstream): the same $RATE requests per second for all, paced by the load generator whatever the answers' speed (an open loop), each latency counted from when its request was due. Each row is the target's median round by p99."
+    echo "After its wrk run, in every round, the same process of every target got ${RATE_DURATION}s of \`oha -c $CONNECTIONS -q $RATE --latency-correction\` ($("$OHA" --version | awk '{ print $2 }'), one thread, on $LOAD_WHERE with the upstream): the same $RATE requests per second for all, paced by the load generator whatever the answers' speed (an open loop), each latency counted from when its request was due. Each row is the target's median round by p99."
     echo
     echo "| target | req/s | lowest req/s of the rounds | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | proxy CPU s / 10k req | proxy CPU | load core busy | failed |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -746,7 +761,7 @@ report() {
   echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   echo "| $swaps | $SWAP_RELOADS | $SWAP_RELOAD_ERRORS | $SWAP_REQUESTS | $SWAP_FAILED | $SWAP_RPS | $(ms "$SWAP_P99") | $(ms "$CONTROL_P99") | $(ms "${P99[spindle-4]}") |"
   echo
-  echo "\"The same writes elsewhere\" is a control run of the same Spindle just before: the same ${SWAP_DURATION}s of load and the same copies and renames on the same schedule, into a folder Spindle does not watch ($CONTROL_RELOADS reloads), so that what the swapping processes cost the machine (both cores are busy) is told apart from what the reloads cost. The swapping processes run on core $LOAD_CPU, with wrk."
+  echo "\"The same writes elsewhere\" is a control run of the same Spindle just before: the same ${SWAP_DURATION}s of load and the same copies and renames on the same schedule, into a folder Spindle does not watch ($CONTROL_RELOADS reloads), so that what the swapping processes cost the machine (both cores are busy) is told apart from what the reloads cost. The swapping processes run on $LOAD_WHERE, with wrk."
   echo
   echo "## Memory"
   echo
