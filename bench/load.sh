@@ -695,10 +695,10 @@ report() {
     echo "| ${LABEL[$t]} | ${THREADS[$t]} | ${RPS[$t]} | ${RANGE[$t]} | $(ms "${P50[$t]}") | $(ms "${P99[$t]}") | $(ms "${P999[$t]}") | $(ratio "${RPS[$t]}" "${RPS[nginx]}") | ${CPU10K[$t]} | ${USER10K[$t]} / ${SYS10K[$t]} | ${CPUPCT[$t]} | ${LOADPCT[$t]} | ${LOAD10K[$t]} | ${SEGS[$t]} | ${ERRORS[$t]} |"
   done
   echo
-  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"load core\" is $LOAD_WHERE, where wrk and the upstream run, from /proc/stat over the measured run: how busy it was (with several cores, their average), and its busy time (wrk, the upstream, the kernel's work for both, anything else on that core) per 10k requests; at 100% busy, req/s is bounded by the load side's cost per request, which the proxy changes only through what it makes wrk and the upstream do (wake-ups, segments). \"TCP segments / req\" counts every loopback segment sent during the run (wrk, proxy and upstream, both ways; \`nstat\`'s TcpOutSegs) per request: 2 is the least for the upstream alone, 4 through a proxy; the rest are ACKs that carried no data (each one more trip through the kernel's TCP stack). \"failed\" counts wrk's socket errors and responses >= 400."
+  echo "\"proxy CPU\" is the proxy process's user + system time (all its threads, nginx's master and worker) over the measured run, from /proc/PID/stat; 100% is one core; \"user / system\" splits the CPU seconds per 10k requests into the proxy's own code and the kernel's work for it (the loopback TCP stack, epoll). \"load core\" is $LOAD_WHERE, where wrk and the upstream run, from /proc/stat over the measured run: how busy it was (with several cores, their average), and its busy time (wrk, the upstream, the kernel's work for both, anything else there) per 10k requests; at 100% busy, req/s is bounded by the load side's cost per request, which the proxy changes only through what it makes wrk and the upstream do (wake-ups, segments). \"TCP segments / req\" counts every loopback segment sent during the run (wrk, proxy and upstream, both ways; \`nstat\`'s TcpOutSegs) per request: 2 is the least for the upstream alone, 4 through a proxy; the rest are ACKs that carried no data (each one more trip through the kernel's TCP stack). \"failed\" counts wrk's socket errors and responses >= 400."
   echo
   # A proxy that did not use its whole core was held back by something other than its own work:
-  # the load side (wrk and the upstream share one core) or other processes on the machine. Its
+  # the load side (wrk and the upstream on the load core) or other processes on the machine. Its
   # req/s is then a lower bound, and CPU per request is the comparison that holds.
   local idle=""
   for t in "${TARGETS[@]}"; do
@@ -707,7 +707,7 @@ report() {
     fi
   done
   if [ -n "$idle" ]; then
-    echo "Used under 90% of its core: $idle. Such a proxy was held back by the load side (wrk and the upstream share one core) or by other processes on the machine, not by its own work: its req/s is a lower bound, and CPU per request is the fairer comparison."
+    echo "Used under 90% of its core: $idle. Such a proxy was held back by the load side (wrk and the upstream, on $LOAD_WHERE) or by other processes on the machine, not by its own work: its req/s is a lower bound, and CPU per request is the fairer comparison."
     echo
   fi
   # When the load core was (nearly) always busy in both rows, the load side set the pace of both:
