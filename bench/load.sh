@@ -282,10 +282,20 @@ per_10k() {
 core_share() {
   awk -v t="$1" -v hz="$CLK_TCK" -v d="$2" 'BEGIN { printf "%.0f%%", t / hz / (d / 1e6) * 100 }'
 }
-# load_share OUTPUT-FILE: how busy the load core was during the run ("—" when not read).
+# load_share OUTPUT-FILE [CORES]: how busy the load core was during the run ("—" when not read);
+# with CORES "proxy", the proxy's core (side runs).
 load_share() {
-  awk -v b="$(counter "$1" load_busy)" -v t="$(counter "$1" load_total)" \
+  local cores=${2:-load}
+  awk -v b="$(counter "$1" "${cores}_busy")" -v t="$(counter "$1" "${cores}_total")" \
     'BEGIN { if (t + 0 > 0) printf "%.0f%%", b / t * 100; else print "—" }'
+}
+# failures WRK-OUTPUT: wrk's socket errors and responses >= 400 in the run.
+failures() {
+  local k n=0
+  for k in err_connect err_read err_write err_timeout err_status; do
+    n=$((n + $(field "$1" "$k")))
+  done
+  echo "$n"
 }
 # sorted_rounds TARGET METRIC: a round_value METRIC of every round, one per line, lowest first.
 sorted_rounds() {
@@ -294,6 +304,10 @@ sorted_rounds() {
     round_value "$1" "$r" "$2"
     echo
   done | sort -n
+}
+# rps_range TARGET METRIC: the lowest and highest req/s of the rounds, as "LOW–HIGH".
+rps_range() {
+  sorted_rounds "$1" "$2" | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }'
 }
 
 # SIDECAR=1: one more wrk run of the proxy of a target (PROXY_PID, PROXY_PORT) with the upstream
@@ -497,11 +511,7 @@ for target in "${TARGETS[@]}"; do
   P50[$target]="$(field "$f" p50_us)"
   P99[$target]="$(field "$f" p99_us)"
   P999[$target]="$(field "$f" p999_us)"
-  errors=0
-  for k in err_connect err_read err_write err_timeout err_status; do
-    errors=$((errors + $(field "$f" "$k")))
-  done
-  ERRORS[$target]=$errors
+  ERRORS[$target]="$(failures "$f")"
   if [ "$ticks" -ge 0 ]; then
     CPU10K[$target]="$(per_10k "$ticks" "$requests")"
     CPUPCT[$target]="$(core_share "$ticks" "$dur")"
@@ -513,7 +523,7 @@ for target in "${TARGETS[@]}"; do
     CPU10K[$target]="—"
     CPUPCT[$target]="—"
   fi
-  RANGE[$target]="$(sorted_rounds "$target" rps | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }')"
+  RANGE[$target]="$(rps_range "$target" rps)"
 done
 
 # Rounds are interleaved, so a target and nginx measured in the same round share the machine's
@@ -575,17 +585,13 @@ if [ "$SIDECAR" = 1 ]; then
     dur="$(field "$f" duration_us)"
     ticks="$(counter "$f" ticks)"
     S_RPS[$target]="$(per_second "$requests" "$dur")"
-    S_RANGE[$target]="$(sorted_rounds "$target" side_rps | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f–%.0f", lo, hi }')"
+    S_RANGE[$target]="$(rps_range "$target" side_rps)"
     S_P50[$target]="$(field "$f" p50_us)"
     S_P99[$target]="$(field "$f" p99_us)"
     S_UP10K[$target]="$(per_10k "$(counter "$f" up_ticks)" "$requests")"
-    S_PROXYPCT[$target]="$(awk -v b="$(counter "$f" proxy_busy)" -v t="$(counter "$f" proxy_total)" 'BEGIN { if (t + 0 > 0) printf "%.0f%%", b / t * 100; else print "—" }')"
+    S_PROXYPCT[$target]="$(load_share "$f" proxy)"
     S_LOADPCT[$target]="$(load_share "$f")"
-    errors=0
-    for k in err_connect err_read err_write err_timeout err_status; do
-      errors=$((errors + $(field "$f" "$k")))
-    done
-    S_ERRORS[$target]=$errors
+    S_ERRORS[$target]="$(failures "$f")"
     if [ "$ticks" -ge 0 ]; then
       S_CPU10K[$target]="$(per_10k "$ticks" "$requests")"
     else
@@ -832,7 +838,7 @@ report() {
   if [ "$SIDECAR" = 1 ]; then
     echo "## Throughput where the proxy's core sets the rate"
     echo
-    echo "After its fixed-rate run, in every round, the same process of every target got one more ${DURATION}s of the same wrk load (after 1 s of warm-up) with the upstream moved onto core $PROXY_CPU beside the proxy (\`taskset -a -p\`), wrk alone on $LOAD_WHERE: the arrangement of a sidecar, which shares its machine with the service behind it. Above, the load core (wrk and the upstream) is as busy as the proxy's and sets the rate; here wrk needs well under its core, so the proxy's core sets it, and two rows differ by what the proxies cost per request (the upstream's share of the core is the same work for all). Each row is the target's median round by req/s; the upstream direct row is the upstream alone on core $PROXY_CPU."
+    echo "After its fixed-rate run, in every round, the same process of every target got one more ${DURATION}s of the same wrk load (after 1 s of warm-up) with the upstream moved onto core $PROXY_CPU beside the proxy (\`taskset -a -p\`), wrk alone on $LOAD_WHERE: the arrangement of a sidecar, which shares its machine with the service behind it. Above, the load core (wrk and the upstream) is as busy as the proxy's and sets the rate; here wrk needs well under its core, so the proxy's core sets it, and two rows differ by what the proxies cost per request (the upstream's share of the core is the same work for all). Every proxy keeps its core busy here, so CPU per request compares them without the sleeps and wake-ups that a proxy held below its full core by the load side pays above. Each row is the target's median round by req/s; the upstream direct row is the upstream alone on core $PROXY_CPU."
     echo
     echo "| target | req/s | req/s range | p50 ms | p99 ms | req/s vs nginx | proxy CPU s / 10k req | upstream CPU s / 10k req | core $PROXY_CPU busy (proxy + upstream) | wrk's core busy | failed |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -904,7 +910,10 @@ report() {
     per_core="; nginx not CPU-bound: per CPU second Spindle serves $(ratio "${CPU10K[nginx]}" "${CPU10K[spindle-4]}")x nginx's requests"
   fi
   echo "| 4-filter throughput >= 1.0x nginx, the load core setting the rate | $(ratio "${RPS[spindle-4]}" "${RPS[nginx]}")x$per_core; round by round $PAIRED_RPS | $(verdict "${RPS[spindle-4]} >= ${RPS[nginx]}") |"
-  echo "| CPU per request <= nginx | ${CPU10K[spindle-4]} vs ${CPU10K[nginx]} CPU s / 10k req; round by round $PAIRED_CPU | $(verdict "${CPU10K[spindle-4]} <= ${CPU10K[nginx]}") |"
+  echo "| CPU per request <= nginx, at the rate the load core set (wrk) | ${CPU10K[spindle-4]} vs ${CPU10K[nginx]} CPU s / 10k req; round by round $PAIRED_CPU | $(verdict "${CPU10K[spindle-4]} <= ${CPU10K[nginx]}") |"
+  if [ "$SIDECAR" = 1 ]; then
+    echo "| CPU per request <= nginx, the proxy's core setting the rate (upstream beside the proxy) | ${S_CPU10K[spindle-4]} vs ${S_CPU10K[nginx]} CPU s / 10k req; round by round $PAIRED_SIDE_CPU | $(verdict "${S_CPU10K[spindle-4]} <= ${S_CPU10K[nginx]}") |"
+  fi
   if [ "$RATE" -gt 0 ]; then
     # A row whose median round fell short of the rate did not serve the same load: no verdict.
     local rate_verdict
